@@ -37,9 +37,9 @@ test: setup ## Run the whole test suite (unit, integration and slow tests)
 test-fast: setup ## Run the tests that are neither slow nor need local servers
 	$(PY) -m pytest -m "not slow and not integration" || test $$? -eq 5
 
-pipeline: setup ## Run the DVC pipeline on the embedded default (offline, CPU)
+pipeline: setup ## Run the DVC pipeline (dvc.yaml) on the embedded default (offline, CPU)
 	mkdir -p outputs
-	dvc repro pipelines/dvc.yaml
+	dvc repro
 
 lint: setup ## ruff check and format check
 	$(VENV)/bin/ruff check .
