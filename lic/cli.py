@@ -49,6 +49,45 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command()
+def complexity(
+    model: Annotated[str, typer.Option(help="Registry name: loclic or a CompressAI baseline.")] = "loclic",
+    size: Annotated[int, typer.Option(help="Height of the random test image.")] = 256,
+    width: Annotated[int | None, typer.Option(help="Width (default: same as size).")] = None,
+    quality: Annotated[int | None, typer.Option(help="Quality level of a CompressAI baseline.")] = None,
+    compare: Annotated[bool, typer.Option(help="Also measure cheng2020-anchor quality 6 for reference.")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the measurement as JSON.")] = False,
+) -> None:
+    """Multiply-accumulates per pixel of the whole forward pass, parameters, and a per-module breakdown."""
+    from lic.complexity import measure
+    from lic.models import build
+
+    config = {} if quality is None else {"quality": quality}
+    result = measure(build(model, **config), size, width)
+    if json_out:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result.model} at {result.height}x{result.width}, counter: {result.counter}")
+    for column in ("module", "kMAC/pixel", "share", "parameters"):
+        table.add_column(column, justify="left" if column == "module" else "right")
+    for name, value in sorted(result.modules.items(), key=lambda kv: -kv[1]):
+        share = value / result.kmac_per_pixel if result.kmac_per_pixel else 0.0
+        table.add_row(name, f"{value:.2f}", f"{share:.1%}", f"{result.module_parameters[name]:,}")
+    table.add_row("total", f"{result.kmac_per_pixel:.2f}", "100%", f"{result.parameters:,}", style="bold")
+    console = Console()
+    console.print(table)
+    if compare:
+        reference = measure(build("cheng2020-anchor", quality=6), size, width)
+        ratio = reference.kmac_per_pixel / result.kmac_per_pixel
+        console.print(
+            f"cheng2020-anchor quality 6, same counter: {reference.kmac_per_pixel:.1f} kMAC/pixel "
+            f"({ratio:.2f}x {result.model}), {reference.parameters:,} parameters"
+        )
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

@@ -29,9 +29,7 @@ def test_import_lic() -> None:
 
 
 def test_cli_help_lists_subcommands() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "lic.cli", "--help"], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-m", "lic.cli", "--help"], capture_output=True, text=True, check=True).stdout
     assert "Commands" in out
     assert "doctor" in out
 

@@ -6,6 +6,8 @@ parameterisation (non-negative reparameterised beta/gamma) and initialisation ma
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from compressai.layers import GDN, conv1x1, conv3x3, subpel_conv3x3
 from torch import Tensor, nn
@@ -83,7 +85,7 @@ class ConvMLP(nn.Sequential):
 def conv_stack(channels: list[int], kernel_size: int) -> nn.Sequential:
     """Convolutions through `channels` with GELU between them (none after the last)."""
     layers: list[nn.Module] = []
-    for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
+    for i, (cin, cout) in enumerate(itertools.pairwise(channels)):
         layers.append(nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2))
         if i < len(channels) - 2:
             layers.append(nn.GELU())

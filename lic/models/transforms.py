@@ -6,6 +6,7 @@ where LoC-LIC saves most of its multiply-accumulates compared with MLIC++ (N = 1
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from compressai.layers import conv3x3, subpel_conv3x3
@@ -32,7 +33,7 @@ def synthesis_transform(widths: Sequence[int], latent_channels: int) -> nn.Seque
         ResidualBlock(latent_channels, latent_channels),
         ResidualBlockUpsample(latent_channels, rev[0]),
     ]
-    for prev, width in zip(rev[:-1], rev[1:], strict=True):
+    for prev, width in itertools.pairwise(rev):
         layers += [ResidualBlock(prev, width), ResidualBlockUpsample(width, width)]
     layers += [ResidualBlock(rev[-1], rev[-1]), subpel_conv3x3(rev[-1], 3, 2)]
     return nn.Sequential(*layers)

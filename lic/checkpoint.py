@@ -1,0 +1,70 @@
+"""Checkpoints that rebuild themselves: model name, config and weights (with CDF tables) in one file.
+
+A checkpoint is a plain dict of tensors, strings and numbers so that it loads with `weights_only=True`: loading
+a file never executes code from it. `update(force=True)` runs before saving, so a loaded model can entropy-code
+straight away; CompressAI's `load_state_dict` resizes the CDF buffers to the saved tables.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from compressai.models import CompressionModel
+
+from lic.errors import LicError
+from lic.models import ModelSpec, build
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, model: CompressionModel, **metadata: Any) -> Path:
+    """Update the CDF tables and write {format, model, config, state_dict, metadata...} atomically."""
+    spec: ModelSpec = model.spec
+    model.update(force=True)
+    payload = {
+        "format": FORMAT_VERSION,
+        "model": spec.name,
+        "config": spec.config,
+        "state_dict": model.state_dict(),
+        "metadata": metadata,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load the raw payload safely; a missing, foreign or damaged file is a LicError."""
+    path = Path(path)
+    if not path.is_file():
+        raise LicError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise LicError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or "state_dict" not in payload:
+        raise LicError(f"{path} is not a lic checkpoint (format {FORMAT_VERSION})")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> tuple[CompressionModel, dict[str, Any]]:
+    """Rebuild the model from its recorded name and config and load the weights; returns (model, metadata)."""
+    payload = read_checkpoint(path)
+    model = build(payload["model"], **payload["config"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise LicError(f"{path}: weights do not fit model {payload['model']!r}: {err}") from err
+    return model.eval(), payload["metadata"]

@@ -1,0 +1,126 @@
+"""Context models of the MLIC++ multi-reference entropy model (spec §2.3-2.6).
+
+Every module here only sees what the decoder already has when it runs: previous slices, or the anchor half of
+the current slice. That is what makes them usable for entropy coding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lic.models.checkerboard import window_anchor_masks
+from lic.models.layers import ConvMLP, DepthwiseProjection, conv_stack, efficient_attention
+
+_MASKED = -100.0  # added to attention scores of pairs that are not both anchors
+
+
+class LocalContext(nn.Module):
+    """Checkerboard-masked 5x5 window attention over the anchors of the current slice, then a 5x5 fusion conv."""
+
+    def __init__(self, dim: int = 32, out_dim: int = 64, heads: int = 2, window: int = 5) -> None:
+        super().__init__()
+        self.heads, self.window = heads, window
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.scale = (dim // heads) ** -0.5
+        self.position_bias = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        nn.init.trunc_normal_(self.position_bias, std=0.02)
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
+        self.register_buffer("position_index", relative[..., 0] * (2 * window - 1) + relative[..., 1], False)
+        anchors = window_anchor_masks(window)  # 2 x K*K
+        both = anchors[:, :, None] & anchors[:, None, :]
+        self.register_buffer("parity_mask", torch.where(both, 0.0, _MASKED), persistent=False)
+        self.fusion = nn.Conv2d(dim, out_dim, window)
+        self.proj = nn.Linear(out_dim, out_dim)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(out_dim), nn.Linear(out_dim, out_dim * 2), nn.GELU(), nn.Linear(out_dim * 2, out_dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        k2 = self.window**2
+        qkv = self.qkv(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)  # B x 3C x H x W
+        windows = F.unfold(qkv, self.window, padding=self.window // 2)  # B x 3C*K2 x HW
+        windows = windows.view(b, 3, self.heads, c // self.heads, k2, h * w).permute(1, 0, 5, 2, 4, 3)
+        q, k, v = windows[0] * self.scale, windows[1], windows[2]  # B x HW x heads x K2 x d
+        bias = self.position_bias[self.position_index].permute(2, 0, 1)  # heads x K2 x K2
+        parity = (torch.arange(h, device=x.device).view(-1, 1) + torch.arange(w, device=x.device)) % 2
+        mask = self.parity_mask[parity.flatten()]  # HW x K2 x K2
+        attn = (q @ k.transpose(-2, -1) + bias + mask[:, None]).softmax(dim=-1)
+        out = (attn @ v).permute(0, 1, 2, 4, 3).reshape(b * h * w, c, self.window, self.window)
+        out = self.proj(self.fusion(out).view(b, h, w, -1))
+        out = out + self.mlp(out)
+        return out.permute(0, 3, 1, 2)
+
+
+class ChannelContext(nn.Sequential):
+    """Three 3x3 convs over all previously decoded slices."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128) -> None:
+        super().__init__(conv_stack([in_dim, 192, out_dim, out_dim], 3))
+
+
+class GlobalInterContext(nn.Module):
+    """Linear attention across previous slices: one head per previous slice, linear in the number of positions."""
+
+    def __init__(self, dim: int, out_dim: int = 64, heads: int = 1) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = (DepthwiseProjection(dim) for _ in range(3))
+        self.reprojection = nn.Conv2d(dim, 96, 5, padding=2)
+        self.skip = nn.Conv2d(96, out_dim, 1)
+        self.mlp = ConvMLP(96, 128, out_dim)
+
+    def forward(self, previous: Tensor) -> Tensor:
+        b, c, h, w = previous.shape
+        q, k, v = (proj(previous).flatten(2) for proj in (self.query, self.key, self.value))
+        out = self.reprojection(efficient_attention(q, k, v, self.heads).view(b, c, h, w))
+        return self.skip(out) + self.mlp(out)
+
+
+class GlobalIntraContext(nn.Module):
+    """Linear attention within a slice.
+
+    Where non-anchors of the previous slice attend to its anchors is learned there, and that attention map is
+    applied to the anchors of the current slice, which the decoder already has.
+    """
+
+    def __init__(self, dim: int = 32, out_dim: int = 64, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = (DepthwiseProjection(dim) for _ in range(3))
+        self.reprojection = nn.Conv2d(dim, out_dim, 5, padding=2)
+        self.mlp = ConvMLP(out_dim, 128, out_dim)
+
+    def forward(self, previous_slice: Tensor, current_anchors: Tensor, anchors: Tensor) -> Tensor:
+        """`anchors` is the 1 x 1 x H x W anchor mask of the latent grid."""
+        b, c, h, w = previous_slice.shape
+        is_anchor = anchors.flatten().bool()
+        q = self.query(previous_slice * (1 - anchors)).flatten(2)[..., ~is_anchor]
+        k = self.key(previous_slice * anchors).flatten(2)[..., is_anchor]
+        v = self.value(current_anchors).flatten(2)[..., is_anchor]
+        out = previous_slice.new_zeros(b, c, h * w)
+        out[..., ~is_anchor] = efficient_attention(q, k, v, self.heads)
+        out = self.reprojection(out.view(b, c, h, w))
+        return out + self.mlp(out)
+
+
+class EntropyParameters(nn.Sequential):
+    """1x1 convs from the gathered contexts to (scales, means) of one checkerboard half of one slice."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__(conv_stack([in_dim, 320, 256, 128, out_dim], 1))
+
+
+class LatentResidualPrediction(nn.Module):
+    """Predicts the quantisation residual of a slice from the hyper means and decoded slices, bounded to +-0.5."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.convs = conv_stack([in_dim, 224, 128, out_dim], 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 0.5 * torch.tanh(self.convs(x))

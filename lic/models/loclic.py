@@ -1,0 +1,186 @@
+"""LoC-LIC: hierarchical transforms with the MLIC++ multi-reference entropy model (spec §1-3).
+
+The slice loop is written once (`_slices`) and shared by training, compression and decompression. What differs
+between the three is only how one checkerboard half of a slice becomes ŷ, which a `HalfCoder` decides:
+straight-through rounding in `forward`, rANS encoding in `compress`, rANS decoding in `decompress`. Sharing the
+loop is what makes the decoder recompute exactly the contexts the encoder used, and makes an eval-mode forward
+pass reconstruct exactly what the real codec does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models import CompressionModel
+from compressai.ops import quantize_ste
+from torch import Tensor, nn
+
+from lic.models.checkerboard import anchor_mask
+from lic.models.context import (
+    ChannelContext,
+    EntropyParameters,
+    GlobalInterContext,
+    GlobalIntraContext,
+    LatentResidualPrediction,
+    LocalContext,
+)
+from lic.models.inputs import check_images
+from lic.models.transforms import analysis_transform, hyper_analysis, hyper_synthesis, synthesis_transform
+
+# (slice index, y of that half or None when decoding, scales, means, half mask) -> ŷ of that half (masked)
+HalfCoder = Callable[[int, Tensor | None, Tensor, Tensor, Tensor], Tensor]
+
+
+class LoCLIC(CompressionModel):
+    """Learned image codec; x in [0, 1], B x 3 x H x W with H and W multiples of `downsampling`."""
+
+    downsampling = 64  # z sits at H/64; the checkerboard needs an even latent width
+
+    def __init__(self, N: Sequence[int] = (32, 64, 128), M: int = 320, slices: int = 10) -> None:  # noqa: N803
+        super().__init__()
+        if M % slices:
+            raise ValueError(f"M={M} must be divisible by slices={slices}")
+        self.config = {"N": list(N), "M": M, "slices": slices}
+        self.num_slices, sc, hyper = slices, M // slices, N[-1]
+        self.slice_channels = sc
+
+        self.g_a = analysis_transform(N, M)
+        self.g_s = synthesis_transform(N, M)
+        self.h_a = hyper_analysis(M, hyper)
+        self.h_s = hyper_synthesis(M, hyper)
+        self.entropy_bottleneck = EntropyBottleneck(hyper)
+        self.gaussian_conditional = GaussianConditional(None)
+
+        later = range(1, slices)  # slice 0 has no previous slices, so no channel or global context
+        self.local_context = nn.ModuleList(LocalContext(sc, 64) for _ in range(slices))
+        self.channel_context = nn.ModuleList(ChannelContext(sc * i, 128) for i in later)
+        self.global_inter_context = nn.ModuleList(GlobalInterContext(sc * i, 64, heads=i) for i in later)
+        self.global_intra_context = nn.ModuleList(GlobalIntraContext(sc, 64) for _ in later)
+        hyper_dim = 2 * M
+        self.entropy_parameters_anchor = nn.ModuleList(
+            EntropyParameters(hyper_dim + (192 if i else 0), 2 * sc) for i in range(slices)
+        )
+        self.entropy_parameters_nonanchor = nn.ModuleList(
+            EntropyParameters(hyper_dim + (320 if i else 64), 2 * sc) for i in range(slices)
+        )
+        self.lrp_anchor = nn.ModuleList(LatentResidualPrediction(M + sc * (i + 1), sc) for i in range(slices))
+        self.lrp_nonanchor = nn.ModuleList(LatentResidualPrediction(M + sc * (i + 1), sc) for i in range(slices))
+
+    # --- the shared slice loop ------------------------------------------------------------------------------
+
+    def _slices(self, hyper_params: Tensor, code_half: HalfCoder, y: Tensor | None = None):
+        """Run the multi-reference entropy model over all slices; returns ŷ and the per-element scales/means."""
+        hyper_means = hyper_params.chunk(2, dim=1)[1]
+        h, w = hyper_params.shape[-2:]
+        anchors = anchor_mask(h, w, hyper_params.device)
+        nonanchors = 1 - anchors
+        y_slices = y.chunk(self.num_slices, dim=1) if y is not None else [None] * self.num_slices
+        decoded: list[Tensor] = []
+        scales_all, means_all = [], []
+        for i, y_i in enumerate(y_slices):
+            if i == 0:
+                anchor_context = hyper_params
+            else:
+                previous = torch.cat(decoded, dim=1)
+                inter = self.global_inter_context[i - 1](previous)
+                channel = self.channel_context[i - 1](previous)
+                anchor_context = torch.cat([inter, channel, hyper_params], dim=1)
+            scales_a, means_a = self.entropy_parameters_anchor[i](anchor_context).chunk(2, dim=1)
+            scales_a, means_a = scales_a * anchors, means_a * anchors
+            y_hat_a = code_half(i, None if y_i is None else y_i * anchors, scales_a, means_a, anchors)
+            y_hat_a = y_hat_a + anchors * self.lrp_anchor[i](torch.cat([hyper_means, *decoded, y_hat_a], 1))
+
+            local = self.local_context[i](y_hat_a)
+            if i == 0:
+                nonanchor_context = torch.cat([local, hyper_params], dim=1)
+            else:
+                intra = self.global_intra_context[i - 1](decoded[-1], y_hat_a, anchors)
+                nonanchor_context = torch.cat([local, intra, inter, channel, hyper_params], dim=1)
+            scales_n, means_n = self.entropy_parameters_nonanchor[i](nonanchor_context).chunk(2, dim=1)
+            scales_n, means_n = scales_n * nonanchors, means_n * nonanchors
+            y_hat_n = code_half(i, None if y_i is None else y_i * nonanchors, scales_n, means_n, nonanchors)
+            y_hat_i = y_hat_a + y_hat_n
+            y_hat_i = y_hat_i + nonanchors * self.lrp_nonanchor[i](torch.cat([hyper_means, *decoded, y_hat_i], 1))
+
+            decoded.append(y_hat_i)
+            scales_all.append(scales_a + scales_n)
+            means_all.append(means_a + means_n)
+        return torch.cat(decoded, 1), torch.cat(scales_all, 1), torch.cat(means_all, 1)
+
+    # --- training / estimation -------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        """Mixed quantisation: noise inside the likelihoods, straight-through rounding for everything decoded."""
+        check_images(x, self.downsampling)
+        y = self.g_a(x)
+        z = self.h_a(y)
+        _, z_likelihoods = self.entropy_bottleneck(z)
+        medians = self.entropy_bottleneck._get_medians()
+        z_hat = quantize_ste(z - medians) + medians
+        hyper_params = self.h_s(z_hat)
+
+        def round_half(_: int, y_half: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
+            return (quantize_ste(y_half - means) + means) * mask
+
+        y_hat, scales, means = self._slices(hyper_params, round_half, y)
+        _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
+        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    # --- real coding -----------------------------------------------------------------------------------------
+
+    def compress(self, x: Tensor) -> dict[str, Any]:
+        """Entropy-code x (1 x 3 x H x W, padded) into one y string and one z string."""
+        check_images(x, self.downsampling)
+        if x.shape[0] != 1:
+            raise ValueError(f"compress codes one image at a time, got a batch of {x.shape[0]}")
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        hyper_params = self.h_s(z_hat)
+
+        gc = self.gaussian_conditional
+        encoder = BufferedRansEncoder()
+        tables = _coding_tables(gc)
+
+        def encode_half(_: int, y_half: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
+            selected = mask.expand_as(scales).bool()
+            symbols = torch.round(y_half - means)
+            indexes = gc.build_indexes(scales[selected])
+            encoder.encode_with_indexes(symbols[selected].int().tolist(), indexes.int().tolist(), *tables)
+            return (symbols + means) * mask
+
+        self._slices(hyper_params, encode_half, y)
+        return {"strings": [[encoder.flush()], z_strings], "shape": z.shape[-2:]}
+
+    def decompress(self, strings: list[list[bytes]], shape: Sequence[int]) -> dict[str, Tensor]:
+        """Inverse of `compress`: recompute every context exactly as the encoder did and decode y half by half."""
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+        hyper_params = self.h_s(z_hat)
+
+        gc = self.gaussian_conditional
+        decoder = RansDecoder()
+        decoder.set_stream(strings[0][0])
+        tables = _coding_tables(gc)
+
+        def decode_half(_: int, __: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
+            selected = mask.expand_as(scales).bool()
+            indexes = gc.build_indexes(scales[selected])
+            values = decoder.decode_stream(indexes.int().tolist(), *tables)
+            symbols = torch.zeros_like(scales)
+            symbols[selected] = torch.tensor(values, dtype=scales.dtype, device=scales.device)
+            return (symbols + means) * mask
+
+        y_hat, _, _ = self._slices(hyper_params, decode_half)
+        return {"x_hat": self.g_s(y_hat)}
+
+
+def _coding_tables(gc: GaussianConditional) -> tuple[list, list[int], list[int]]:
+    """The CDF tables the rANS coder needs; raises CompressAI's clear error when update() was never run."""
+    if gc._offset.numel() == 0:
+        raise ValueError("Uninitialized CDFs. Run update() first (checkpoints saved by lic already contain them)")
+    return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()

@@ -1,0 +1,61 @@
+"""One registry for every codec the project builds: LoC-LIC and the CompressAI baselines.
+
+Training, evaluation, complexity accounting and benchmarks all go through `build(name, **config)`, so a
+checkpoint only needs to store the name and the config to be rebuilt without guessing. Baselines are CompressAI
+zoo architectures with random weights (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from compressai import zoo
+from compressai.models import CompressionModel
+
+from lic.errors import LicError
+from lic.models.loclic import LoCLIC
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is, independent of its weights: enough to rebuild it."""
+
+    name: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _zoo_model(architecture: str, quality: int = 6, metric: str = "mse") -> CompressionModel:
+    return zoo.image_models[architecture](quality=quality, metric=metric, pretrained=False)
+
+
+BASELINES = (
+    "bmshj2018-factorized",
+    "bmshj2018-hyperprior",
+    "mbt2018-mean",
+    "mbt2018",
+    "cheng2020-anchor",
+    "cheng2020-attn",
+)
+_BUILDERS: dict[str, Callable[..., CompressionModel]] = {
+    "loclic": LoCLIC,
+    **{name: partial(_zoo_model, name) for name in BASELINES},
+}
+
+
+def list_models() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build(name: str, **config: Any) -> CompressionModel:
+    """Build a model by registry name; the result carries `spec` so checkpoints can record it."""
+    if name not in _BUILDERS:
+        raise LicError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    try:
+        model = _BUILDERS[name](**config)
+    except (TypeError, ValueError) as err:
+        raise LicError(f"bad configuration for model {name!r}: {err}") from err
+    model.spec = ModelSpec(name, dict(config))
+    return model
