@@ -16,6 +16,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
+from compressai.models.base import get_scale_table
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
@@ -33,6 +34,11 @@ from lic.models.transforms import analysis_transform, hyper_analysis, hyper_synt
 
 # (slice index, y of that half or None when decoding, scales, means, half mask) -> ŷ of that half (masked)
 HalfCoder = Callable[[int, Tensor | None, Tensor, Tensor, Tensor], Tensor]
+
+# CompressAI's default table has 64 scales from 0.11 to 256, 13% apart; coding rounds each scale up to the next
+# entry, which cost 1.3% of the y rate on a trained model here. 256 entries (3% apart) bring the coded size
+# within 1% of the likelihood estimate for 2.4 MB more CDF tables in the checkpoint.
+SCALE_TABLE_SIZE = 256
 
 
 class LoCLIC(CompressionModel):
@@ -69,6 +75,31 @@ class LoCLIC(CompressionModel):
         )
         self.lrp_anchor = nn.ModuleList(LatentResidualPrediction(M + sc * (i + 1), sc) for i in range(slices))
         self.lrp_nonanchor = nn.ModuleList(LatentResidualPrediction(M + sc * (i + 1), sc) for i in range(slices))
+        self._coding_tables: tuple[list, list[int], list[int]] | None = None
+
+    def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Rebuild the CDF tables (LoC-LIC's finer scale table unless one is given)."""
+        self._coding_tables = None
+        if scale_table is None:
+            scale_table = get_scale_table(0.11, 256, SCALE_TABLE_SIZE)
+        return super().update(scale_table, force=force, update_quantiles=update_quantiles)
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        self._coding_tables = None
+        return super().load_state_dict(state_dict, strict=strict)
+
+    def _tables(self) -> tuple[list, list[int], list[int]]:
+        """The CDF tables as the rANS coder wants them (Python lists), converted once per update or load."""
+        gc = self.gaussian_conditional
+        if gc._offset.numel() == 0:
+            raise ValueError("Uninitialized CDFs. Run update() first (checkpoints saved by lic already contain them)")
+        if self._coding_tables is None:
+            self._coding_tables = (
+                gc.quantized_cdf.tolist(),
+                gc.cdf_length.reshape(-1).int().tolist(),
+                gc.offset.reshape(-1).int().tolist(),
+            )
+        return self._coding_tables
 
     # --- the shared slice loop ------------------------------------------------------------------------------
 
@@ -145,7 +176,7 @@ class LoCLIC(CompressionModel):
 
         gc = self.gaussian_conditional
         encoder = BufferedRansEncoder()
-        tables = _coding_tables(gc)
+        tables = self._tables()
 
         def encode_half(_: int, y_half: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             selected = mask.expand_as(scales).bool()
@@ -165,7 +196,7 @@ class LoCLIC(CompressionModel):
         gc = self.gaussian_conditional
         decoder = RansDecoder()
         decoder.set_stream(strings[0][0])
-        tables = _coding_tables(gc)
+        tables = self._tables()
 
         def decode_half(_: int, __: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             selected = mask.expand_as(scales).bool()
@@ -177,10 +208,3 @@ class LoCLIC(CompressionModel):
 
         y_hat, _, _ = self._slices(hyper_params, decode_half)
         return {"x_hat": self.g_s(y_hat)}
-
-
-def _coding_tables(gc: GaussianConditional) -> tuple[list, list[int], list[int]]:
-    """The CDF tables the rANS coder needs; raises CompressAI's clear error when update() was never run."""
-    if gc._offset.numel() == 0:
-        raise ValueError("Uninitialized CDFs. Run update() first (checkpoints saved by lic already contain them)")
-    return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
