@@ -136,3 +136,10 @@ def test_unreadable_checkpoints_are_clear_errors(tmp_path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
     with pytest.raises(LicError, match="not a lic checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_scale_indexes_match_compressai(model) -> None:
+    scales = torch.cat(
+        [torch.rand(5000) * 300, torch.tensor([0.0, 0.11, 256.0, 1e6]), model.gaussian_conditional.scale_table]
+    )
+    assert torch.equal(model._indexes(scales).int(), model.gaussian_conditional.build_indexes(scales))

@@ -32,8 +32,8 @@ from lic.models.context import (
 from lic.models.inputs import check_images
 from lic.models.transforms import analysis_transform, hyper_analysis, hyper_synthesis, synthesis_transform
 
-# (slice index, y of that half or None when decoding, scales, means, half mask) -> ŷ of that half (masked)
-HalfCoder = Callable[[int, Tensor | None, Tensor, Tensor, Tensor], Tensor]
+# (y of that half, or None when decoding; scales; means; half mask) -> ŷ of that half (masked)
+HalfCoder = Callable[[Tensor | None, Tensor, Tensor, Tensor], Tensor]
 
 # CompressAI's default table has 64 scales from 0.11 to 256, 13% apart; coding rounds each scale up to the next
 # entry, which cost 1.3% of the y rate on a trained model here. 256 entries (3% apart) bring the coded size
@@ -101,6 +101,11 @@ class LoCLIC(CompressionModel):
             )
         return self._coding_tables
 
+    def _indexes(self, scales: Tensor) -> Tensor:
+        """CompressAI's GaussianConditional.build_indexes in one bucketize instead of a pass per table entry."""
+        gc = self.gaussian_conditional
+        return torch.bucketize(gc.lower_bound_scale(scales), gc.scale_table[:-1])
+
     # --- the shared slice loop ------------------------------------------------------------------------------
 
     def _slices(self, hyper_params: Tensor, code_half: HalfCoder, y: Tensor | None = None):
@@ -122,7 +127,7 @@ class LoCLIC(CompressionModel):
                 anchor_context = torch.cat([inter, channel, hyper_params], dim=1)
             scales_a, means_a = self.entropy_parameters_anchor[i](anchor_context).chunk(2, dim=1)
             scales_a, means_a = scales_a * anchors, means_a * anchors
-            y_hat_a = code_half(i, None if y_i is None else y_i * anchors, scales_a, means_a, anchors)
+            y_hat_a = code_half(None if y_i is None else y_i * anchors, scales_a, means_a, anchors)
             y_hat_a = y_hat_a + anchors * self.lrp_anchor[i](torch.cat([hyper_means, *decoded, y_hat_a], 1))
 
             local = self.local_context[i](y_hat_a)
@@ -133,7 +138,7 @@ class LoCLIC(CompressionModel):
                 nonanchor_context = torch.cat([local, intra, inter, channel, hyper_params], dim=1)
             scales_n, means_n = self.entropy_parameters_nonanchor[i](nonanchor_context).chunk(2, dim=1)
             scales_n, means_n = scales_n * nonanchors, means_n * nonanchors
-            y_hat_n = code_half(i, None if y_i is None else y_i * nonanchors, scales_n, means_n, nonanchors)
+            y_hat_n = code_half(None if y_i is None else y_i * nonanchors, scales_n, means_n, nonanchors)
             y_hat_i = y_hat_a + y_hat_n
             y_hat_i = y_hat_i + nonanchors * self.lrp_nonanchor[i](torch.cat([hyper_means, *decoded, y_hat_i], 1))
 
@@ -154,7 +159,7 @@ class LoCLIC(CompressionModel):
         z_hat = quantize_ste(z - medians) + medians
         hyper_params = self.h_s(z_hat)
 
-        def round_half(_: int, y_half: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
+        def round_half(y_half: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             return (quantize_ste(y_half - means) + means) * mask
 
         y_hat, scales, means = self._slices(hyper_params, round_half, y)
@@ -174,14 +179,13 @@ class LoCLIC(CompressionModel):
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         hyper_params = self.h_s(z_hat)
 
-        gc = self.gaussian_conditional
         encoder = BufferedRansEncoder()
         tables = self._tables()
 
-        def encode_half(_: int, y_half: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
+        def encode_half(y_half: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             selected = mask.expand_as(scales).bool()
             symbols = torch.round(y_half - means)
-            indexes = gc.build_indexes(scales[selected])
+            indexes = self._indexes(scales[selected])
             encoder.encode_with_indexes(symbols[selected].int().tolist(), indexes.int().tolist(), *tables)
             return (symbols + means) * mask
 
@@ -193,14 +197,13 @@ class LoCLIC(CompressionModel):
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         hyper_params = self.h_s(z_hat)
 
-        gc = self.gaussian_conditional
         decoder = RansDecoder()
         decoder.set_stream(strings[0][0])
         tables = self._tables()
 
-        def decode_half(_: int, __: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
+        def decode_half(_: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
             selected = mask.expand_as(scales).bool()
-            indexes = gc.build_indexes(scales[selected])
+            indexes = self._indexes(scales[selected])
             values = decoder.decode_stream(indexes.int().tolist(), *tables)
             symbols = torch.zeros_like(scales)
             symbols[selected] = torch.tensor(values, dtype=scales.dtype, device=scales.device)
