@@ -39,6 +39,7 @@ test-fast: setup ## Run the tests that are neither slow nor need local servers
 
 pipeline: setup ## Run the DVC pipeline (dvc.yaml) on the embedded default (offline, CPU)
 	mkdir -p outputs
+	lic data ensure-datasets  # a fresh clone lacks the (empty) datasets/ that datasets.dvc records
 	dvc repro
 
 lint: setup ## ruff check and format check

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lic.data.cli import app as data_app
 from lic.errors import LicError
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(data_app, name="data")
 
 
 @app.callback()

@@ -1,0 +1,10 @@
+"""DVC stage fetch@<source>: obtain, verify and place one source (params: data.sources.<source>, profile)."""
+
+import sys
+
+from lic.data.fetch import fetch_source
+from lic.params import load_params
+from pipelines.stage import run
+
+if __name__ == "__main__":
+    run(lambda: fetch_source(sys.argv[1], load_params()))
