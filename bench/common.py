@@ -41,19 +41,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def best_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
-    """Fastest of `repeats` calls after one warm-up: the estimate of what the hardware can do."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall time of `repeats` calls after `warmup` untimed ones."""
+def timings(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> list[float]:
+    """Wall times of `repeats` calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -61,7 +50,17 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> 
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """The typical time of a call."""
+    return statistics.median(timings(fn, repeats))
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
+    """The fastest call: the estimate of what the hardware can do."""
+    return min(timings(fn, repeats))
 
 
 def peak_rss_mib() -> float:
