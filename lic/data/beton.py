@@ -1,0 +1,241 @@
+"""Everything that touches FFCV: writing a .beton without the writer's hang, and reading random crops from it.
+
+FFCV's DatasetWriter waits forever when one of its worker processes dies: its progress loop counts samples that
+will never arrive (stack-notes §1.2). So the writer runs in a child process that this one watches. A sample that
+cannot be read, is not the uint8 H x W x 3 array the manifest promised, or does not fit a page records why before
+its worker dies, which stops the run at once; a writer that stores no sample for `stall_timeout_s` is stopped too.
+Either way the caller gets a LicError naming the cause, and the child's whole process tree is killed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator, Sequence
+from multiprocessing import resource_tracker
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from ffcv.fields import RGBImageField
+from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import ToTensor
+from ffcv.writer import DatasetWriter
+
+from lic.data.shards import ShardSample, read_pixels
+from lic.errors import LicError
+
+FFCV_PAGE_SIZE = 4 * 2**21  # DatasetWriter's default, 8 MiB: one raw 2040 x 1404 DIV2K image (8.6 MB) exceeds it
+IMAGE = "image"  # the .beton's only field
+# FFCV records a field's class in the file; ours only chooses the storage per sample, so it reads as RGBImageField.
+CUSTOM_FIELDS = {IMAGE: RGBImageField}
+
+
+def page_size_for(samples: Sequence[ShardSample]) -> int:
+    """FFCV stores a sample within one page: the smallest power of two, at least FFCV's default, that holds the
+    biggest image raw plus 1 MiB (a JPEG of a photograph at quality <= 95 is smaller than raw)."""
+    need = max(sample.raw_bytes for sample in samples) + 2**20
+    return max(FFCV_PAGE_SIZE, 1 << (need - 1).bit_length())
+
+
+def check_pixels(pixels: object, sample: ShardSample) -> None:
+    """Refuse anything but the uint8 H x W x 3 array of the size planned from the manifest."""
+    if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3):
+        kind = f"{pixels.dtype} array of shape {pixels.shape}" if isinstance(pixels, np.ndarray) else type(pixels)
+        raise LicError(f"not an 8-bit H x W x 3 image ({kind})")
+    if pixels.shape[:2] != (sample.height, sample.width):
+        raise LicError(
+            f"decoded as {pixels.shape[1]}x{pixels.shape[0]}, expected {sample.width}x{sample.height} from the "
+            "training manifest: did the file change after `dvc repro dedupe`?"
+        )
+
+
+def record_failure(errors: Path, message: str) -> None:
+    """Tell the watching process why a worker is about to die (one line per failure)."""
+    with open(errors, "a") as report:
+        report.write(message.replace("\n", " ") + "\n")
+
+
+class SourceFormatImageField(RGBImageField):
+    """An RGBImageField whose storage is chosen per sample, which FFCV's write modes cannot do.
+
+    A sample is (pixels, as_jpeg, path). Each stored sample advances `progress`; a failure to store one (a page too
+    small, for instance) goes to `errors` first, since FFCV's writer would otherwise wait for it forever.
+    """
+
+    def __init__(self, jpeg_quality: int, progress: Synchronized, errors: Path) -> None:
+        super().__init__(write_mode="raw", jpeg_quality=jpeg_quality)
+        self.progress = progress
+        self.errors = errors
+
+    def encode(self, destination, sample: tuple[np.ndarray, bool, str], malloc) -> None:
+        pixels, as_jpeg, path = sample
+        self.write_mode = "jpg" if as_jpeg else "raw"
+        try:
+            super().encode(destination, pixels, malloc)
+        except MemoryError:  # FFCV's signal to retry the sample on a fresh page, not a failure
+            raise
+        except Exception as err:
+            record_failure(self.errors, f"{path}: cannot store it ({type(err).__name__}: {err})")
+            raise
+        with self.progress.get_lock():
+            self.progress.value += 1
+
+
+class _Images:
+    """The writer's indexed dataset: sample i is decoded and validated in the worker process that stores it."""
+
+    def __init__(self, samples: Sequence[ShardSample], max_side: int, errors: Path) -> None:
+        self.samples, self.max_side, self.errors = samples, max_side, errors
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[tuple[np.ndarray, bool, str]]:
+        sample = self.samples[index]
+        try:
+            pixels = read_pixels(sample.path, self.max_side)
+            check_pixels(pixels, sample)
+        except Exception as err:
+            record_failure(self.errors, f"{sample.path}: {err}")
+            raise
+        return ((pixels, sample.jpeg, sample.path),)
+
+
+def write_beton(
+    samples: Sequence[ShardSample],
+    path: Path,
+    *,
+    max_side: int,
+    jpeg_quality: int,
+    workers: int,
+    stall_timeout_s: float,
+) -> int:
+    """Write `samples` (in order) to the .beton at `path` with `workers` processes; return the page size used."""
+    page_size = page_size_for(samples)
+    context = multiprocessing.get_context("fork")  # as FFCV's own workers: nothing is pickled
+    progress = context.Value("Q", 0)
+    errors = path.with_name(f".{path.name}.errors")
+    errors.unlink(missing_ok=True)
+    resource_tracker.ensure_running()  # outside the writer's tree: frees the shared memory of a killed writer
+    args = (samples, path, page_size, max_side, jpeg_quality, workers, progress, errors)
+    writer = context.Process(target=_write, args=args, name="ffcv-writer")
+    writer.start()
+    try:
+        _watch(writer, progress, errors, len(samples), stall_timeout_s)
+    finally:
+        _stop(writer)
+        errors.unlink(missing_ok=True)
+    return page_size
+
+
+def _write(samples, path, page_size, max_side, jpeg_quality, workers, progress, errors) -> None:
+    field = SourceFormatImageField(jpeg_quality, progress, errors)
+    writer = DatasetWriter(str(path), {IMAGE: field}, page_size=page_size, num_workers=workers)
+    chunk = max(1, min(100, len(samples) // (4 * workers)))  # small chunks spread a small dataset over the workers
+    writer.from_indexed_dataset(_Images(samples, max_side, errors), chunksize=chunk)
+
+
+def _watch(writer, progress: Synchronized, errors: Path, total: int, stall_timeout_s: float) -> None:
+    stored, last_change = 0, time.monotonic()
+    while writer.exitcode is None:
+        writer.join(0.1)
+        if failure := _first_failure(errors):
+            raise LicError(f"shard writer stopped: {failure}")
+        if progress.value != stored:
+            stored, last_change = progress.value, time.monotonic()
+        elif time.monotonic() - last_change > stall_timeout_s:
+            raise LicError(
+                f"the FFCV writer stored no image for {stall_timeout_s:g} s ({stored} of {total} stored), "
+                "so it was stopped (shards.stall_timeout_s)"
+            )
+    if writer.exitcode != 0 or _first_failure(errors):
+        raise LicError(f"shard writer failed: {_first_failure(errors) or f'exit code {writer.exitcode}'}")
+
+
+def _first_failure(errors: Path) -> str:
+    try:
+        return errors.read_text().split("\n", 1)[0]
+    except FileNotFoundError:
+        return ""
+
+
+def _stop(writer) -> None:
+    """Kill the writer and its FFCV workers if they are still running (a hung writer never ends by itself)."""
+    if writer.exitcode is None:
+        try:
+            for child in psutil.Process(writer.pid).children(recursive=True):
+                child.kill()
+        except psutil.NoSuchProcess:
+            pass
+        writer.kill()
+    writer.join()
+
+
+def _random_square(height, width, side, _unused):
+    """(row, column, side, side) of a uniformly placed square: FFCV's crop-and-resize then only crops."""
+    row = np.random.randint(0, height - side + 1)
+    column = np.random.randint(0, width - side + 1)
+    return row, column, side, side
+
+
+class RandomCropDecoder(ResizedCropRGBImageDecoder):
+    """side x side random crops at native resolution; every selected image must be at least that big."""
+
+    def __init__(self, side: int) -> None:
+        super().__init__((side, side))
+        self.scale = side  # what FFCV hands the crop generator as its third argument
+        self.ratio = 0.0
+
+    @property
+    def get_crop_generator(self):
+        return _random_square
+
+
+class FfcvCrops:
+    """uint8 B x S x S x 3 batches of random crops of one size from a .beton, one pass over `indices` at a time.
+
+    `distributed` splits every pass between the ranks of the initialised torch.distributed group (FFCV uses a
+    DistributedSampler). `workers` is FFCV's thread count, which FFCV also applies to torch's intra-op threads.
+    """
+
+    def __init__(
+        self,
+        beton: Path,
+        side: int,
+        batch_size: int,
+        indices: np.ndarray,
+        *,
+        workers: int,
+        seed: int,
+        distributed: bool,
+    ) -> None:
+        self.loader = Loader(
+            str(beton),
+            batch_size=batch_size,
+            num_workers=workers,
+            order=OrderOption.RANDOM,  # QUASI_RANDOM refuses distributed=True
+            distributed=distributed,
+            seed=seed,
+            indices=indices,
+            pipelines={IMAGE: [RandomCropDecoder(side), ToTensor()]},
+            custom_fields=CUSTOM_FIELDS,
+            drop_last=True,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def batches(self, pass_index: int) -> Iterator[torch.Tensor]:
+        """The batches of one pass; its order depends only on (seed, pass_index). Each batch is a view of FFCV's
+        buffer, valid until the next few batches are made: copy it before keeping it."""
+        self.loader.next_epoch = pass_index
+        iterator = iter(self.loader)
+        try:
+            for (images,) in iterator:
+                yield images
+        finally:
+            iterator.close()
