@@ -11,10 +11,10 @@ import os
 import time
 from pathlib import Path
 
-from bench import codec_speed, complexity
+from bench import codec_speed, complexity, loader
 from bench.common import machine
 
-SECTIONS = [complexity.run, codec_speed.run]
+SECTIONS = [complexity.run, codec_speed.run, loader.run]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 

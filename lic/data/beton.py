@@ -16,11 +16,12 @@ from multiprocessing import resource_tracker
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
+import cv2
 import numpy as np
 import psutil
 import torch
 from ffcv.fields import RGBImageField
-from ffcv.fields.rgb_image import ResizedCropRGBImageDecoder
+from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
 from ffcv.writer import DatasetWriter
@@ -60,22 +61,28 @@ def record_failure(errors: Path, message: str) -> None:
 
 
 class SourceFormatImageField(RGBImageField):
-    """An RGBImageField whose storage is chosen per sample, which FFCV's write modes cannot do.
+    """An RGBImageField whose storage is chosen per sample, which FFCV's write modes cannot do, and whose JPEGs keep
+    full-resolution colour.
 
-    A sample is (pixels, as_jpeg, path). Each stored sample advances `progress`; a failure to store one (a page too
-    small, for instance) goes to `errors` first, since FFCV's writer would otherwise wait for it forever.
+    A sample is (pixels, as_jpeg, path). FFCV's own JPEG mode halves the colour resolution (OpenCV's default 4:2:0):
+    on the sample's 4:4:4 JPEGs that alone costs 10 dB (hubble_deep_field: 35.8 dB at quality 95, 45.3 dB at
+    4:4:4), artefacts the codec would learn. Each stored sample advances `progress`; a failure to store one (a page
+    too small, for instance) goes to `errors` first, since FFCV's writer would otherwise wait for it forever.
     """
 
     def __init__(self, jpeg_quality: int, progress: Synchronized, errors: Path) -> None:
-        super().__init__(write_mode="raw", jpeg_quality=jpeg_quality)
+        super().__init__(jpeg_quality=jpeg_quality)
         self.progress = progress
         self.errors = errors
 
     def encode(self, destination, sample: tuple[np.ndarray, bool, str], malloc) -> None:
         pixels, as_jpeg, path = sample
-        self.write_mode = "jpg" if as_jpeg else "raw"
         try:
-            super().encode(destination, pixels, malloc)
+            data = _jpeg_444(pixels, self.jpeg_quality) if as_jpeg else np.ascontiguousarray(pixels).reshape(-1)
+            destination["mode"] = IMAGE_MODES["jpg" if as_jpeg else "raw"]
+            destination["height"], destination["width"] = pixels.shape[:2]
+            destination["data_ptr"], storage = malloc(data.nbytes)
+            storage[:] = data
         except MemoryError:  # FFCV's signal to retry the sample on a fresh page, not a failure
             raise
         except Exception as err:
@@ -83,6 +90,15 @@ class SourceFormatImageField(RGBImageField):
             raise
         with self.progress.get_lock():
             self.progress.value += 1
+
+
+def _jpeg_444(pixels: np.ndarray, quality: int) -> np.ndarray:
+    sampling = [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    options = [cv2.IMWRITE_JPEG_QUALITY, quality, *sampling]
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), options)
+    if not ok:
+        raise ValueError("OpenCV could not encode it as JPEG")
+    return data.reshape(-1)
 
 
 class _Images:

@@ -48,6 +48,15 @@ def dedupe(params: ParamsOption = Path("params.yaml")) -> None:
     run_dedupe(load_params(params))
 
 
+@app.command()
+def shard(params: ParamsOption = Path("params.yaml")) -> None:
+    """Write the training images into the FFCV shards and hold out the validation images (docs/data-loading.md)."""
+    from lic.data.shards import build_shards
+    from lic.params import load_params
+
+    build_shards(load_params(params))
+
+
 @app.command("ensure-datasets")
 def ensure_datasets() -> None:
     """Restore the empty datasets/ folder a fresh clone lacks, or say how to pull the team's."""

@@ -130,14 +130,15 @@ def split_validation(rows: list[dict[str, Any]], count: int) -> tuple[list[dict]
     return train, [rows[i] for i in sorted(held_out, key=lambda i: rows[i]["path"])]
 
 
-def plan_samples(rows: list[dict[str, Any]], max_side: int) -> list[ShardSample]:
-    """What the .beton will hold, in manifest order, computed from the manifest before any pixel is written."""
+def plan_samples(rows: list[dict[str, Any]], max_side: int, jpeg: bool) -> list[ShardSample]:
+    """What the .beton will hold, in manifest order, computed from the manifest before any pixel is written;
+    JPEG files are stored as JPEG if `jpeg`, everything else raw."""
     samples = []
     for row in rows:
         if row["width"] is None or row["height"] is None:
             raise LicError(f"{row['path']}: the training manifest has no size for it; rerun `dvc repro dedupe`")
         width, height = fitted_size(int(row["width"]), int(row["height"]), max_side)
-        samples.append(ShardSample(row["path"], row["source"], width, height, is_jpeg_file(row["path"])))
+        samples.append(ShardSample(row["path"], row["source"], width, height, jpeg and is_jpeg_file(row["path"])))
     return samples
 
 
@@ -153,7 +154,8 @@ def build_shards(params: dict[str, Any]) -> dict[str, Any]:
     max_side = int(config["max_resolution"])
     if not 0 < max_side <= 65535:  # FFCV stores sides as 16-bit integers
         raise LicError(f"shards.max_resolution must be between 1 and 65535, not {max_side}")
-    samples = plan_samples(train, max_side)
+    quality = config["jpeg_quality"]  # null: JPEG files are stored raw too (exact, several times the bytes)
+    samples = plan_samples(train, max_side, jpeg=quality is not None)
     if not samples:
         raise LicError("no training images to shard: the training manifest is empty")
     with staged_directory(files.directory) as staging:
@@ -161,7 +163,7 @@ def build_shards(params: dict[str, Any]) -> dict[str, Any]:
             samples,
             staging / BETON,
             max_side=max_side,
-            jpeg_quality=int(config["jpeg_quality"]),
+            jpeg_quality=int(quality or 0),
             workers=resolve_workers(config["workers"]),
             stall_timeout_s=float(config["stall_timeout_s"]),
         )

@@ -1,0 +1,158 @@
+"""The shard stage: `dvc repro shard` on the sample profile in a temporary git repo, what the .beton holds, the
+loader mixing 256 and 512 crops over it, and the FFCV writer's failure modes (a big image, a broken file)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import torch
+from data_support import dvc_project, project_params, run, write_params
+from ffcv.reader import Reader
+from PIL import Image
+from shard_support import coded_image, shard_params, write_training_manifest
+
+from lic.data.beton import CUSTOM_FIELDS, FFCV_PAGE_SIZE, check_pixels
+from lic.data.loader import build_train_loader
+from lic.data.shards import ShardSample, build_shards, read_pixels
+from lic.errors import LicError
+from lic.params import load_params
+
+DVC = [sys.executable, "-m", "dvc"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the pipeline whose sample profile has run up to shard (once for the module)."""
+    root = dvc_project(tmp_path_factory.mktemp("shards") / "repo")
+    params = project_params()
+    params["loader"]["batch_size"] = {256: 2, 512: 1}  # the sample has 11 training images: small batches, more steps
+    write_params(root, params)
+    assert "Running stage 'shard'" in run([*DVC, "repro", "shard"], root).stdout
+    return root
+
+
+def stored_images(beton: Path) -> list[np.ndarray]:
+    """Every sample of a .beton decoded by hand from FFCV's metadata and allocation table (RGB, H x W x 3)."""
+    reader = Reader(str(beton), custom_handlers=CUSTOM_FIELDS)
+    table = reader.alloc_table
+    sizes = {int(ptr): int(size) for ptr, size in zip(table["ptr"], table["size"], strict=True)}
+    images = []
+    for field in reader.metadata["f0"]:
+        data = np.fromfile(beton, np.uint8, count=sizes[int(field["data_ptr"])], offset=int(field["data_ptr"]))
+        if field["mode"] == 0:  # jpg
+            images.append(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+        else:
+            images.append(data.reshape(int(field["height"]), int(field["width"]), 3))
+    return images
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_sample_profile_shards_hold_every_training_image_raw_or_as_its_own_format(project: Path) -> None:
+    metrics = json.loads((project / "data/reports/shards.json").read_text())
+    assert metrics["total"] == {
+        "images": 11, "raw": 7, "jpeg": 4, "crop_256": 11, "crop_512": 9, "validation": 2,
+    }  # fmt: skip
+    assert metrics["page_size"] == FFCV_PAGE_SIZE  # the biggest sample image (retina, 1411 px) fits 8 MiB
+    shown = json.loads(run([*DVC, "metrics", "show", "--json"], project).stdout)
+    assert shown[""]["data"]["data/reports/shards.json"]["data"]["total"]["crop_512"] == 9
+
+    metadata = pq.read_table(project / "data/shards/train.parquet").to_pylist()
+    validation = pq.read_table(project / "data/shards/validation.parquet")["path"].to_pylist()
+    train = pq.read_table(project / "data/manifests/train.parquet")["path"].to_pylist()
+    assert sorted([row["path"] for row in metadata] + validation) == sorted(train)
+    stored = stored_images(project / "data/shards/train.beton")
+    assert len(stored) == len(metadata)
+    for row, pixels in zip(metadata, stored, strict=True):
+        assert pixels.shape == (row["height"], row["width"], 3)
+        source = read_pixels(project / row["path"], 2048)
+        if row["storage"] == "raw":
+            assert row["path"].endswith(".png")
+            assert np.array_equal(pixels, source), row["path"]  # lossless sources stay lossless
+        else:
+            assert row["path"].endswith(".jpg")
+            assert psnr(pixels, source) > 44, row["path"]  # a quality-95, 4:4:4 copy of a JPEG
+
+
+def test_loader_mixes_256_and_512_crops_of_the_sample_in_the_configured_ratio(project: Path) -> None:
+    params = load_params(project / "params.yaml")
+    params["shards"].update(dir=str(project / "data/shards"))
+    params["loader"].update(workers=2)  # the default's crop_mix, 256: 0.8 and 512: 0.2
+    loader = build_train_loader(params, seed=7)
+    assert loader.crop_sizes == (256, 512)
+    assert len(loader) == 6  # 11 images / (0.8 * 2 + 0.2 * 1) crops per step
+    sizes = Counter()
+    for epoch in range(12):
+        seen = []
+        for batch in loader.epoch(epoch):
+            side = batch.shape[-1]
+            assert batch.shape == ({256: 2, 512: 1}[side], 3, side, side)
+            assert batch.dtype == torch.float32 and batch.is_contiguous()
+            assert batch.min() >= 0.0 and batch.max() <= 1.0 and batch.std() > 0.01
+            seen.append(side)
+        assert seen == loader.schedule(epoch)
+        sizes.update(seen)
+    assert sizes[256] + sizes[512] == 72
+    assert abs(sizes[512] / 72 - 0.2) < 0.1
+
+
+def test_a_second_repro_does_nothing(project: Path) -> None:
+    assert "Running stage" not in run([*DVC, "repro", "shard"], project).stdout
+
+
+@pytest.mark.timeout(120)
+def test_an_image_bigger_than_ffcv_default_page_is_stored_whole(tmp_path: Path) -> None:
+    """FFCV's writer hangs forever on a sample bigger than its 8 MiB page; the page size follows the data."""
+    big = tmp_path / "big.png"
+    pixels = coded_image(1, 2100, 1500)  # 9.45 MB raw
+    Image.fromarray(pixels).save(big, compress_level=1)
+    small = tmp_path / "small.jpg"
+    Image.fromarray(coded_image(2, 300, 260)).save(small, quality=80)
+    write_training_manifest(tmp_path / "train.parquet", [big, small])
+    params = shard_params(tmp_path, validation_images=0, max_resolution=4096, jpeg_quality=None)
+    metrics = build_shards(params)
+    assert metrics["page_size"] == 16 * 2**20
+    assert metrics["total"]["raw"] == 2  # jpeg_quality null: JPEG files are stored raw too
+    stored = stored_images(tmp_path / "shards/train.beton")
+    assert np.array_equal(stored[0], pixels)
+    assert np.array_equal(stored[1], read_pixels(small, 4096))
+
+
+def test_a_broken_file_stops_the_writer_at_once_with_its_path(tmp_path: Path) -> None:
+    paths = []
+    for index in range(6):
+        paths.append(tmp_path / f"image{index}.png")
+        Image.fromarray(coded_image(index, 320, 300)).save(paths[-1])
+    write_training_manifest(tmp_path / "train.parquet", paths)
+    paths[3].write_bytes(paths[3].read_bytes()[:-200])  # truncated after the manifest described it
+    before, started = {p.pid for p in psutil.Process().children(recursive=True)}, time.monotonic()
+    with pytest.raises(LicError, match=r"image3\.png: truncated or corrupt"):
+        build_shards(shard_params(tmp_path, validation_images=0, stall_timeout_s=60))
+    assert time.monotonic() - started < 30  # the failure is reported, not waited out
+    assert not (tmp_path / "shards").exists()  # nor is anything half-written left
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert all("resource_tracker" in " ".join(p.cmdline()) for p in left)  # the writer and its workers are gone
+
+
+def test_samples_other_than_8_bit_rgb_of_the_planned_size_are_refused() -> None:
+    sample = ShardSample("a.png", "test", width=40, height=30, jpeg=False)
+    check_pixels(np.zeros((30, 40, 3), np.uint8), sample)
+    for pixels, message in [
+        (np.zeros((30, 40), np.uint8), "not an 8-bit H x W x 3 image"),
+        (np.zeros((30, 40, 4), np.uint8), "not an 8-bit H x W x 3 image"),
+        (np.zeros((30, 40, 3), np.float32), "not an 8-bit H x W x 3 image"),
+        (np.zeros((40, 30, 3), np.uint8), "decoded as 30x40, expected 40x30"),
+    ]:
+        with pytest.raises(LicError, match=message):
+            check_pixels(pixels, sample)
