@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: help setup test test-fast pipeline lint format lock bench clean
+.PHONY: help setup test test-fast pipeline lint format lock bench clean stack-up stack-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,12 @@ lock: setup ## Re-resolve requirements.lock from pyproject.toml and constraints.
 
 bench: setup ## Run the benchmarks and write docs/benchmarks.md
 	$(PY) -m bench
+
+stack-up: setup ## Start S3 (moto), an MLflow server and a 2-node Ray here; writes infra/local/env.sh
+	lic stack up
+
+stack-down: ## Stop everything stack-up started (by PID) and remove infra/local/env.sh
+	lic stack down
 
 clean: ## Remove caches and build outputs (keeps .venv and DVC-tracked data)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -10,6 +10,7 @@ import typer
 
 from lic.data.cli import app as data_app
 from lic.errors import LicError
+from lic.stack.cli import app as stack_app
 
 app = typer.Typer(
     name="lic",
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(stack_app, name="stack")
 
 
 @app.callback()
