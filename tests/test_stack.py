@@ -58,6 +58,11 @@ def test_a_server_that_exits_early_is_an_error_naming_its_log(tmp_path: Path) ->
         wait_ready(launch, start(launch))
 
 
+def needs_stack(test):
+    """Integration and slow: the module's stack starts real servers (20-60 s on 2 cores, more under load)."""
+    return pytest.mark.integration(pytest.mark.slow(test))
+
+
 def _lic(*args: object) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "lic"), *map(str, args)], capture_output=True, text=True, timeout=300)
 
@@ -81,7 +86,7 @@ def _in_stack_shell(directory: Path, command: str, cwd: Path) -> subprocess.Comp
     return subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-# One driver for Ray, MLflow and S3: importing ray and mlflow costs seconds, so it runs once.
+# One driver for Ray, MLflow, DVC and S3: importing them costs seconds, so it runs once.
 DRIVER = textwrap.dedent(
     """
     import json, os, boto3, mlflow, pyarrow.fs, ray, requests
@@ -114,6 +119,19 @@ DRIVER = textwrap.dedent(
         mlflow.log_metric("bpp", 0.5)
         mlflow.log_text("rd", "eval/probe.txt")
     found["run_id"] = run.info.run_id
+
+    # DVC: LIC_DVC_REMOTE as its remote and AWS_ENDPOINT_URL from the environment, no endpointurl of its own.
+    from dvc.repo import Repo
+
+    with open("weights.bin", "wb") as out:
+        out.write(bytes(2000))
+    repo = Repo.init(".", no_scm=True)
+    with repo.config.edit("local") as config:
+        config["remote"]["stack"] = {"url": os.environ["LIC_DVC_REMOTE"]}
+        config["core"]["remote"] = "stack"
+    repo.add("weights.bin")
+    found["dvc_pushed"] = repo.push()
+
     found["objects"] = {
         bucket: [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])] for bucket in BUCKETS
     }
@@ -122,7 +140,8 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_env_sh_reaches_s3_mlflow_and_a_two_node_ray_cluster(stack, tmp_path: Path) -> None:
+@needs_stack
+def test_env_sh_reaches_s3_mlflow_dvc_and_a_two_node_ray_cluster(stack, tmp_path: Path) -> None:
     directory, _ = stack
     driver = tmp_path / "driver.py"
     driver.write_text(f"BUCKETS = {BUCKETS!r}\n{DRIVER}")
@@ -137,25 +156,11 @@ def test_env_sh_reaches_s3_mlflow_and_a_two_node_ray_cluster(stack, tmp_path: Pa
     assert any(key.endswith(f"{found['run_id']}/artifacts/eval/probe.txt") for key in found["objects"]["lic-mlflow"]), (
         found["objects"]["lic-mlflow"]
     )
+    assert found["dvc_pushed"] == 1
+    assert [key.split("/")[:3] for key in found["objects"]["lic-dvc"]] == [["cache", "files", "md5"]]
 
 
-def test_dvc_pushes_to_the_stack_remote(stack, tmp_path: Path) -> None:
-    """LIC_DVC_REMOTE plus AWS_ENDPOINT_URL is all DVC needs (no endpointurl in the DVC config)."""
-    directory, _ = stack
-    (tmp_path / "weights.bin").write_bytes(b"\x00\x01" * 1000)
-    push = "git init -q && dvc init -q && dvc add -q weights.bin"
-    push += ' && dvc remote add --local -d stack "$LIC_DVC_REMOTE" && dvc push'
-    done = _in_stack_shell(directory, push, tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 file pushed" in done.stdout
-    listing = _in_stack_shell(
-        directory,
-        "python -c \"import boto3; print(boto3.client('s3').list_objects_v2(Bucket='lic-dvc')['KeyCount'])\"",
-        tmp_path,
-    )
-    assert listing.stdout.strip() == "1"
-
-
+@needs_stack
 def test_up_again_is_a_no_op_and_taken_ports_are_refused(stack, tmp_path: Path) -> None:
     directory, ports = stack
     before = json.loads((directory / "run" / "state.json").read_text())["services"]
@@ -170,6 +175,7 @@ def test_up_again_is_a_no_op_and_taken_ports_are_refused(stack, tmp_path: Path) 
     assert not (tmp_path / "other" / "run" / "state.json").exists()
 
 
+@needs_stack
 def test_down_stops_every_process_and_a_second_down_is_a_no_op(stack) -> None:
     directory, _ = stack
     state = json.loads((directory / "run" / "state.json").read_text())
