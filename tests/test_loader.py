@@ -170,6 +170,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.integration  # a real gloo process group: a TCP store on 127.0.0.1 and two rank processes
 @pytest.mark.timeout(300)
 def test_two_gloo_ranks_split_every_pass_and_together_cover_it(shards: dict, tmp_path: Path) -> None:
     """Two processes, torch.distributed with gloo, the FFCV backend: per epoch each rank gets half the images."""

@@ -13,6 +13,7 @@ import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
 from multiprocessing import resource_tracker
+from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
@@ -148,14 +149,24 @@ def write_beton(
     return page_size
 
 
-def _write(samples, path, page_size, max_side, jpeg_quality, workers, progress, errors) -> None:
+def _write(
+    samples: Sequence[ShardSample],
+    path: Path,
+    page_size: int,
+    max_side: int,
+    jpeg_quality: int,
+    workers: int,
+    progress: Synchronized,
+    errors: Path,
+) -> None:
+    """The writer process: FFCV's DatasetWriter and its `workers` worker processes."""
     field = SourceFormatImageField(jpeg_quality, progress, errors)
     writer = DatasetWriter(str(path), {IMAGE: field}, page_size=page_size, num_workers=workers)
     chunk = max(1, min(100, len(samples) // (4 * workers)))  # small chunks spread a small dataset over the workers
     writer.from_indexed_dataset(_Images(samples, max_side, errors), chunksize=chunk)
 
 
-def _watch(writer, progress: Synchronized, errors: Path, total: int, stall_timeout_s: float) -> None:
+def _watch(writer: BaseProcess, progress: Synchronized, errors: Path, total: int, stall_timeout_s: float) -> None:
     stored, last_change = 0, time.monotonic()
     while writer.exitcode is None:
         writer.join(0.1)
@@ -179,7 +190,7 @@ def _first_failure(errors: Path) -> str:
         return ""
 
 
-def _stop(writer) -> None:
+def _stop(writer: BaseProcess) -> None:
     """Kill the writer and its FFCV workers if they are still running (a hung writer never ends by itself)."""
     if writer.exitcode is None:
         try:
