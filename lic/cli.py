@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from lic import codec_cli
 from lic.data.cli import app as data_app
 from lic.errors import LicError
 from lic.stack.cli import app as stack_app
@@ -19,6 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command()(codec_cli.compress)
+app.command()(codec_cli.decompress)
+app.command()(codec_cli.info)
 app.add_typer(data_app, name="data")
 app.add_typer(stack_app, name="stack")
 

@@ -5,7 +5,8 @@ The models code 8-bit RGB. Everything else is brought to that or refused with a 
   the three decoded channels (the encoder saw one value three times, so their mean is the least-squares
   estimate of it); the file records the mode so decode() gives an "L" image back;
 - palette and bilevel images, CMYK, YCbCr, LAB and HSV are converted to RGB (or L);
-- 16-bit images keep their high byte (what Pillow itself does for 16-bit RGB), with an ImageWarning;
+- 16-bit images are reduced to 8 bits with an ImageWarning: RGB keeps the high byte (Pillow reads it so),
+  grayscale is rounded to the nearest 8-bit level (as the data stages do, lic/data/images.py);
 - an alpha channel is dropped, with an ImageWarning;
 - EXIF orientation is applied when a file is opened (open_image), so photos are coded upright.
 """
@@ -22,8 +23,6 @@ from torch import Tensor
 
 from lic.errors import LicError
 
-# What a folder given to `lic compress` contributes; a file named explicitly may be any format Pillow reads.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
 _TO_RGB = {"P": "RGB", "1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
 _ALPHA = {"RGBA": "RGB", "RGBa": "RGB", "LA": "L", "La": "L", "PA": "RGB"}
 
@@ -69,8 +68,8 @@ def to_codec_mode(image: Image.Image, name: str = "image") -> Image.Image:
         return image.convert(_TO_RGB[mode])
     if mode.startswith("I;16") or mode == "I":
         warnings.warn(f"{name}: 16-bit image reduced to 8 bits", ImageWarning, stacklevel=3)
-        values = np.asarray(image).astype(np.int64).clip(0, 65535)
-        return Image.fromarray((values >> 8).astype(np.uint8), "L")
+        values = np.asarray(image).astype(np.float64).clip(0, 65535)
+        return Image.fromarray(np.rint(values / 257).astype(np.uint8), "L")
     raise LicError(f"{name}: unsupported colour mode {mode} (lic codes 8-bit RGB and grayscale)")
 
 

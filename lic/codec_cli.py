@@ -1,0 +1,282 @@
+"""`lic compress`, `lic decompress`, `lic info`: the codec for image files.
+
+Inputs may be files, folders (their images, or their .lic files, not recursive) and glob patterns. Every
+output is written to a temporary file and renamed, so an interrupted run never leaves half a file; existing
+outputs are only replaced with --force. A file that fails is reported and skipped, and the command exits
+with code 2 at the end. Progress goes to stderr, the summary table to stdout. Torch and the models are
+imported only when a command runs, so `lic --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lic.errors import LicError
+
+LIC_SUFFIX = ".lic"
+DECODED_SUFFIX = ".png"
+MODEL_ENV = "LIC_MODEL"
+
+ModelOption = typer.Option(
+    "--model",
+    "-m",
+    envvar=MODEL_ENV,
+    help="Checkpoint file, a folder holding model.pt (lic pull), or models:/NAME@ALIAS | models:/NAME/VERSION.",
+)
+OutputOption = typer.Option("--output", "-o", help="Output file (only with a single input).")
+OutDirOption = typer.Option("--out-dir", help="Write outputs into this folder (default: beside each input).")
+ForceOption = typer.Option("--force", "-f", help="Replace outputs that already exist.")
+
+
+def compress(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    model: Annotated[str, ModelOption],
+    output: Annotated[Path | None, OutputOption] = None,
+    out_dir: Annotated[Path | None, OutDirOption] = None,
+    force: Annotated[bool, ForceOption] = False,
+) -> None:
+    """Compress images (PNG, JPEG, WebP, TIFF, PPM) into .lic files."""
+    from lic.codec import encode, open_image
+    from lic.data.images import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
+    from lic.resolve import resolve_model
+
+    sources = expand_inputs(inputs, IMAGE_SUFFIXES)
+    jobs = plan_outputs(sources, LIC_SUFFIX, output, out_dir, force)
+    net = resolve_model(model)
+
+    def one(source: Path, target: Path) -> tuple[int, float]:
+        image = open_image(source)
+        data = encode(image, net)
+        _write(target, lambda tmp: tmp.write_bytes(data))
+        return len(data), len(data) * 8 / (image.width * image.height)
+
+    _run("compressing", jobs, one)
+
+
+def decompress(
+    inputs: Annotated[list[str], typer.Argument(help=".lic files, folders or glob patterns.", show_default=False)],
+    model: Annotated[str | None, ModelOption] = None,
+    output: Annotated[Path | None, OutputOption] = None,
+    out_dir: Annotated[Path | None, OutDirOption] = None,
+    force: Annotated[bool, ForceOption] = False,
+) -> None:
+    """Decompress .lic files into images (PNG unless -o names another format)."""
+    from PIL import Image
+
+    from lic.codec import decode, read_header
+    from lic.resolve import resolve_model
+
+    sources = expand_inputs(inputs, (LIC_SUFFIX,))
+    if model is None:
+        header = read_header(_read(sources[0]))
+        raise LicError(
+            f"{sources[0]} was encoded by model {header.model} (fingerprint {header.fingerprint}): "
+            f"name it with --model or ${MODEL_ENV}"
+        )
+    jobs = plan_outputs(sources, DECODED_SUFFIX, output, out_dir, force)
+    formats = Image.registered_extensions()
+    for _, target in jobs:
+        if target.suffix.lower() not in formats:
+            raise LicError(f"{target}: unknown image format {target.suffix!r}; use .png, .tif, .ppm, ...")
+    net = resolve_model(model)
+
+    def one(source: Path, target: Path) -> tuple[int, float]:
+        data = _read(source)
+        image = decode(data, net)
+        _write(target, lambda tmp: image.save(tmp, format=formats[target.suffix.lower()]))
+        return len(data), len(data) * 8 / (image.width * image.height)
+
+    _run("decompressing", jobs, one)
+
+
+def info(
+    inputs: Annotated[list[str], typer.Argument(help=".lic files, folders or glob patterns.", show_default=False)],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the headers as JSON.")] = False,
+) -> None:
+    """Print what a .lic file says about itself: model, image size, colour mode, bytes, bpp."""
+    from lic.codec.container import unpack
+
+    rows, failures = [], []
+    for source in expand_inputs(inputs, (LIC_SUFFIX,)):
+        try:
+            data = _read(source)
+            header, _ = unpack(data)  # verifies lengths and checksum too
+        except LicError as err:
+            failures.append(f"{source}: {err}")
+            continue
+        rows.append(
+            {
+                "file": str(source),
+                "model": header.model,
+                "fingerprint": header.fingerprint,
+                "height": header.height,
+                "width": header.width,
+                "mode": header.mode,
+                "bytes": len(data),
+                "header_bytes": header.header_bytes,
+                "bpp": len(data) * 8 / (header.height * header.width),
+            }
+        )
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            typer.echo(
+                f"{row['file']}: model {row['model']} (fingerprint {row['fingerprint']}), "
+                f"{row['width']}x{row['height']} {row['mode']}, {row['bytes']} bytes "
+                f"(header {row['header_bytes']}), {row['bpp']:.4f} bpp"
+            )
+    _report_failures(failures, len(rows) + len(failures))
+
+
+# --- inputs and outputs --------------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: Iterable[str], suffixes: Collection[str]) -> list[Path]:
+    """Files named, the files with `suffixes` in folders named (sorted), and the files glob patterns match."""
+    found: dict[Path, None] = {}
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+            if not matches:
+                raise LicError(f"{item}: folder holds no {'/'.join(sorted(suffixes))} files")
+        elif path.exists() or path.is_symlink():
+            if not path.is_file():
+                raise LicError(f"{item}: not a regular file")
+            matches = [path]
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True) if Path(p).is_file())
+            if not matches:
+                raise LicError(f"{item}: pattern matches no files")
+        else:
+            raise LicError(f"{item}: no such file or folder")
+        found.update(dict.fromkeys(matches))
+    return list(found)
+
+
+def plan_outputs(
+    sources: list[Path], suffix: str, output: Path | None, out_dir: Path | None, force: bool
+) -> list[tuple[Path, Path]]:
+    """(source, target) pairs, checked before any work: one target each, writable folders, nothing clobbered."""
+    if output is not None and out_dir is not None:
+        raise LicError("give either -o/--output or --out-dir, not both")
+    if output is not None:
+        if len(sources) != 1:
+            raise LicError(f"-o/--output names one file but there are {len(sources)} inputs: use --out-dir")
+        targets = [output]
+    else:
+        targets = [(out_dir or source.parent) / (source.stem + suffix) for source in sources]
+    seen: dict[Path, Path] = {}
+    for source, target in zip(sources, targets, strict=True):
+        if target.resolve() in seen:
+            raise LicError(f"{seen[target.resolve()]} and {source} would both be written to {target}")
+        seen[target.resolve()] = source
+        if target.resolve() == source.resolve():
+            raise LicError(f"{source}: the output would replace the input")
+        if target.exists() and not force:
+            raise LicError(f"{target} exists (use --force to replace it)")
+    for folder in sorted({target.parent for target in targets}):
+        _check_writable(folder)
+    return list(zip(sources, targets, strict=True))
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LicError(f"cannot create output folder {folder} ({err.strerror or err})") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LicError(f"cannot write to output folder {folder} (permission denied)")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise LicError(f"{path}: cannot read ({err.strerror or err})") from err
+
+
+def _write(target: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file beside the target, renamed into place only when complete."""
+    from lic.data.atomic import atomic_path
+
+    try:
+        with atomic_path(target) as tmp:
+            write(tmp)
+    except OSError as err:
+        raise LicError(f"cannot write {target} ({err.strerror or err})") from err
+
+
+# --- the batch loop ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Totals:
+    files: int = 0
+    bytes: int = 0
+    bpp_sum: float = 0.0
+
+
+def _run(verb: str, jobs: list[tuple[Path, Path]], one: Callable[[Path, Path], tuple[int, float]]) -> None:
+    """Apply `one` to every (source, target), with a progress bar, per-file errors and a summary table."""
+    from lic.codec.images import ImageWarning
+    from lic.data.progress import counting, say
+
+    totals, failures, start = _Totals(), [], time.perf_counter()
+    progress = counting()
+    progress.live.transient = True  # the bar goes away when done: what stays is the summary and any errors
+    with progress:
+        task = progress.add_task(verb, total=len(jobs))
+        for source, target in jobs:
+            progress.update(task, description=f"{verb} {source.name}")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ImageWarning)
+                try:
+                    size, bpp = one(source, target)
+                except LicError as err:
+                    failures.append(f"{source}: {err}")
+                else:
+                    totals.files += 1
+                    totals.bytes += size
+                    totals.bpp_sum += bpp
+            for warning in caught:
+                if issubclass(warning.category, ImageWarning):
+                    say(f"warning: {warning.message}")
+            progress.advance(task)
+    if totals.files:
+        _print_summary(totals, time.perf_counter() - start)
+    _report_failures(failures, len(jobs))
+
+
+def _report_failures(failures: list[str], total: int) -> None:
+    """One error line per failed file; the command then fails with a count (or that one error, if alone)."""
+    from lic.data.progress import say
+
+    if total == 1 and failures:
+        raise LicError(failures[0])
+    for failure in failures:
+        say(f"error: {failure}")
+    if failures:
+        raise LicError(f"{len(failures)} of {total} files failed")
+
+
+def _print_summary(totals: _Totals, seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("files", "coded bytes", "mean bpp", "time"):
+        table.add_column(column, justify="right")
+    table.add_row(str(totals.files), f"{totals.bytes:,}", f"{totals.bpp_sum / totals.files:.4f}", f"{seconds:.1f} s")
+    Console().print(table)
