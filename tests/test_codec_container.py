@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -217,3 +218,11 @@ def test_forged_sizes_are_refused_before_decoding() -> None:
     data = head + struct.pack(">I", zlib.crc32(bytes(8), zlib.crc32(head))) + bytes(8)
     with pytest.raises(BitstreamError, match="larger than the limit"):
         unpack(data)
+
+
+def test_streams_no_rans_encoder_writes_never_reach_the_decoder(model, rgb) -> None:
+    header, streams = unpack(codec.encode(rgb, model))
+    for cut in (streams[0][:6], streams[0][:13]):  # shorter than the 8-byte state; not whole 32-bit words
+        forged = pack(replace(header, stream_lengths=(len(cut), len(streams[1]))), [cut, streams[1]])
+        with pytest.raises(BitstreamError, match="no rANS encoder writes"):
+            codec.decode(forged, model)
