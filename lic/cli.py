@@ -11,6 +11,8 @@ import typer
 from lic import codec_cli
 from lic.data.cli import app as data_app
 from lic.errors import LicError
+from lic.eval.cli import evaluate
+from lic.registry import cli as registry_cli
 from lic.stack.cli import app as stack_app
 
 app = typer.Typer(
@@ -24,6 +26,9 @@ app.command()(codec_cli.compress)
 app.command()(codec_cli.decompress)
 app.command()(codec_cli.info)
 app.add_typer(data_app, name="data")
+app.command()(evaluate)
+app.command()(registry_cli.register)
+app.command()(registry_cli.pull)
 app.add_typer(stack_app, name="stack")
 
 

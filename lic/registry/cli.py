@@ -1,0 +1,44 @@
+"""`lic register` and `lic pull`: the MLflow model registry by hand (docs/registry.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(
+    checkpoint: Annotated[Path, typer.Argument(help="A lic checkpoint with lmbda and metric in its metadata.")],
+    eval_dir: Annotated[Path, typer.Option("--eval", help="Its `lic evaluate` output folder.")],
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment of the run (default: registry.experiment).")
+    ] = None,
+    promote: Annotated[bool, typer.Option(help="Run the promotion gate for the champion alias.")] = True,
+    tolerance: Annotated[
+        float | None, typer.Option(help="Promote if J <= champion's J * (1 + tolerance) (default: from params).")
+    ] = None,
+    params: Annotated[Path, typer.Option("--params", help="The params file to read.")] = Path("params.yaml"),
+) -> None:
+    """Register a checkpoint as a new version (alias candidate) and gate its promotion to champion."""
+    from lic.params import load_params
+    from lic.registry.register import register_checkpoint
+
+    settings = load_params(params)["registry"] if experiment is None or tolerance is None else {}
+    experiment = experiment or settings["experiment"]
+    tolerance = settings["promotion_tolerance"] if tolerance is None else tolerance
+    registration = register_checkpoint(checkpoint, eval_dir, experiment, tolerance=float(tolerance), gate=promote)
+    typer.echo(f"{registration.uri}{'' if registration.new else ' (already registered)'}")
+    if registration.decision is not None:
+        verdict = "champion" if registration.decision.promoted else "not promoted"
+        typer.echo(f"{verdict}: {registration.decision.reason}")
+
+
+def pull(
+    uri: Annotated[str, typer.Argument(help="models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/<path>")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder (default: ./<name>-v<version>).")] = None,
+) -> None:
+    """Download a registered model for offline use: the MLflow model plus model.pt for `lic compress --model`."""
+    from lic.registry.downloads import pull as pull_model
+
+    typer.echo(pull_model(uri, out))

@@ -1,0 +1,185 @@
+"""Evaluation on real bitstreams: `lic evaluate` outputs, bpp from file bytes, PSNR against numpy, anchors, BD."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from lic import codec
+from lic.checkpoint import load_checkpoint
+from lic.cli import app
+from lic.errors import LicError
+from lic.eval.anchors import measure_anchors, pillow_codec, run_anchors
+from lic.eval.bd import bd_metrics, frontier
+from lic.eval.evalset import load_eval_set
+from lic.eval.evaluate import evaluate_checkpoint
+from lic.eval.metrics import ms_ssim, psnr
+from lic.eval.reference import reference_points
+from tests.data_support import ROOT, dvc_project, photo, project_params, run, write_params
+from tests.eval_support import EVAL_CROPS, eval_images, eval_manifest, tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return eval_manifest(tmp_path_factory.mktemp("eval-images"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "l0130" / "model.pt", key="l0130")
+
+
+@pytest.fixture(scope="module")
+def evaluated(manifest, checkpoint, tmp_path_factory):
+    """`lic evaluate` run once through the CLI; its output folder."""
+    out = tmp_path_factory.mktemp("eval") / "l0130"
+    result = CliRunner().invoke(app, ["evaluate", str(checkpoint), "--manifest", str(manifest), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "sample: 2 images" in result.output
+    return out
+
+
+def test_evaluate_writes_json_csv_and_plot(evaluated, checkpoint) -> None:
+    results = json.loads((evaluated / "results.json").read_text())
+    table = pd.read_csv(evaluated / "images.csv")
+    assert len(table) == len(EVAL_CROPS) and set(table["dataset"]) == {"sample"}
+    assert results["codec"] == "loclic-mse" and results["metadata"]["lmbda"] == 0.013
+    assert results["complexity"]["kmac_per_pixel"] > 0
+    assert results["datasets"]["sample"]["images"] == 2
+    assert results["datasets"]["sample"]["bpp"] == pytest.approx(table["bpp"].mean())
+    assert results["datasets"]["sample"]["psnr"] == pytest.approx(table["psnr"].mean())
+    assert (table[["encode_s", "decode_s"]] > 0).all().all()
+    with Image.open(evaluated / "rd.png") as figure:
+        assert figure.format == "PNG" and figure.width > 400
+
+
+def test_bpp_is_file_bytes_and_psnr_matches_numpy(evaluated, checkpoint, manifest) -> None:
+    """Code each image again, independently of lic.eval, and compare with the table."""
+    model, _ = load_checkpoint(checkpoint)
+    table = pd.read_csv(evaluated / "images.csv").set_index("image")
+    for name, image in zip(EVAL_CROPS, eval_images(manifest.parent), strict=True):
+        row = table.loc[str(manifest.parent / name)]
+        data = codec.encode(image, model)
+        assert row["bytes"] == len(data)
+        assert row["bpp"] == pytest.approx(len(data) * 8 / (image.width * image.height), rel=1e-12)  # CSV round trip
+        original = np.asarray(image, dtype=np.float64)
+        decoded = np.asarray(codec.decode(data, model).convert("RGB"), dtype=np.float64)
+        expected = 10 * np.log10(255.0**2 / np.mean((original - decoded) ** 2))
+        assert abs(row["psnr"] - expected) < 0.01
+
+
+def test_quality_metrics_on_known_images() -> None:
+    image = np.asarray(photo("astronaut.png").crop((0, 0, 192, 192)))
+    off_by_one = np.where(image < 255, image + 1, image - 1).astype(np.uint8)
+    assert psnr(image, off_by_one) == pytest.approx(10 * math.log10(255**2), abs=1e-9)
+    assert psnr(image, image) == math.inf
+    assert ms_ssim(image, image) == pytest.approx(1.0, abs=1e-6)
+    assert ms_ssim(image, off_by_one) < 1.0
+    with pytest.raises(ValueError, match="161"):
+        ms_ssim(image[:160], image[:160])
+
+
+def test_anchors_are_real_files_and_cover_rates(manifest) -> None:
+    images = load_eval_set(manifest)
+    rows = measure_anchors(images, {"jpeg": {"qualities": [10, 90]}, "webp": {"qualities": [10, 90]}})
+    table = pd.DataFrame([row.__dict__ for row in rows])
+    assert len(table) == 2 * 2 * len(images)
+    encode, _ = pillow_codec("jpeg", 10, {})
+    first = images.images[0]
+    assert table.iloc[0]["bytes"] == len(encode(first.pixels()))
+    means = table.groupby(["codec", "setting"])[["bpp", "psnr"]].mean()
+    for name in ("jpeg", "webp"):
+        assert means.loc[(name, "q090"), "bpp"] > means.loc[(name, "q010"), "bpp"]
+        assert means.loc[(name, "q090"), "psnr"] > means.loc[(name, "q010"), "psnr"] + 5
+
+
+def test_bd_rate_of_a_curve_needing_three_quarters_of_the_bits() -> None:
+    anchor = pd.DataFrame({"bpp": [0.2, 0.4, 0.8, 1.6], "psnr": [28, 31, 34, 37], "ms_ssim": [0.9, 0.95, 0.97, 0.98]})
+    test = anchor.assign(bpp=anchor["bpp"] * 0.75)
+    result = bd_metrics(anchor, test)
+    assert result["bd_rate"] == pytest.approx(-25.0, abs=1e-6)
+    assert result["bd_rate_ms_ssim"] == pytest.approx(-25.0, abs=1e-6)
+    assert result["bd_psnr"] > 0 and result["notes"] == []
+    apart = bd_metrics(anchor, pd.DataFrame({"bpp": [3.0, 4.0], "psnr": [45.0, 46.0], "ms_ssim": [0.999, 0.9995]}))
+    assert apart["bd_rate"] is None and "do not overlap" in apart["notes"][0]
+
+
+def test_frontier_drops_dominated_points() -> None:
+    points = pd.DataFrame({"bpp": [0.1, 0.2, 0.3, 0.4], "psnr": [30, 29, 32, 31.5]})
+    assert frontier(points, "psnr")["bpp"].tolist() == [0.1, 0.3]
+
+
+def test_published_curves_only_for_their_dataset() -> None:
+    names = {"kodak": "kodak", "clic": "clic_pro_valid_2020"}
+    kodak = reference_points("kodak", names)
+    assert set(kodak) == {"LoC-LIC", "MLIC++"} and len(kodak["MLIC++"]) == 6
+    assert reference_points("sample", names) == {}
+
+
+@pytest.fixture(scope="module")
+def second(manifest, tmp_path_factory):
+    """Another lambda's evaluation (another random model), for a two-point curve."""
+    checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "l0018" / "model.pt", seed=1, lmbda=0.0018)
+    out = tmp_path_factory.mktemp("eval") / "l0018"
+    evaluate_checkpoint(checkpoint, manifest, out, setting="l0018", complexity_size=64)
+    return out
+
+
+@pytest.fixture(scope="module")
+def anchors(manifest, tmp_path_factory):
+    qualities = {"qualities": [20, 80]}
+    params = {
+        "data": {"paths": {"eval": str(manifest)}},
+        "evaluate": {"out_dir": str(tmp_path_factory.mktemp("eval")), "anchors": dict.fromkeys(ANCHORS, qualities)},
+    }
+    return run_anchors(params)
+
+
+ANCHORS = ("jpeg", "webp", "avif")
+
+
+def test_dvc_runs_the_report_stage_and_shows_metrics_and_plots(evaluated, second, anchors, tmp_path) -> None:
+    """The report stage of dvc.yaml, run by `dvc repro` in a temporary repository on real evaluations."""
+    project = dvc_project(tmp_path / "project")
+    shutil.copytree(ROOT / "lic", project / "lic", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    params = project_params()
+    params["lambdas"] = {"l0018": {"lmbda": 0.0018, "metric": "mse"}, "l0130": {"lmbda": 0.013, "metric": "mse"}}
+    write_params(project, params)
+    out = project / params["evaluate"]["out_dir"]
+    for source in (evaluated, second, anchors.parent):
+        shutil.copytree(source, out / source.name)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "evaluated"], project)
+
+    run([sys.executable, "-m", "dvc", "repro", "--single-item", "report"], project)
+    metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project).stdout)
+    report = metrics[""]["data"]["outputs/report/metrics.json"]["data"]
+    assert set(report["datasets"]["sample"]["points"]["loclic-mse"]) == {"l0018", "l0130"}
+    assert report["datasets"]["sample"]["bd"]["jpeg"]["bd_rate"] is not None
+    plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], project).stdout)["data"]
+    files = {row["filename"] for row in plots["rd-psnr"][0]["content"]["data"]["values"]}
+    assert files == {f"{codec}.csv" for codec in ("loclic-mse", *ANCHORS)}
+    assert any(key.endswith("rd_sample.png") for key in plots)
+
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "report"], project)
+    params["report"]["anchor"] = "jpeg"
+    write_params(project, params)
+    run([sys.executable, "-m", "dvc", "repro", "--single-item", "report"], project)
+    diff = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], project).stdout)
+    changed = diff["outputs/report/metrics.json"]
+    assert "datasets.sample.bd.avif.bd_rate" in changed and "datasets.sample.bd.jpeg.bd_rate" in changed
+
+
+def test_evaluate_names_a_missing_checkpoint(manifest, tmp_path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "none.pt"), "--manifest", str(manifest), "-o", "x"])
+    assert isinstance(result.exception, LicError) and "checkpoint not found" in str(result.exception)
+    assert not (tmp_path / "x").exists()
