@@ -14,6 +14,7 @@ from lic.errors import LicError
 from lic.eval.cli import evaluate
 from lic.registry import cli as registry_cli
 from lic.stack.cli import app as stack_app
+from lic.train.cli import train
 
 app = typer.Typer(
     name="lic",
@@ -30,6 +31,7 @@ app.command()(evaluate)
 app.command()(registry_cli.register)
 app.command()(registry_cli.pull)
 app.add_typer(stack_app, name="stack")
+app.command()(train)
 
 
 @app.callback()

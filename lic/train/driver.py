@@ -1,0 +1,104 @@
+"""The driver of one training run: connect to Ray, run the TorchTrainer, write the stage's outputs.
+
+Ray: `RAY_ADDRESS` (or train.ray.address) attaches to a running cluster; otherwise a small local Ray is started
+for the run and stopped after it. Resuming is Ray Train V2's: the same `RunConfig(storage_path, name)` finds
+the run's checkpoints, and the workers continue from the latest (Ray has no resume flag any more). A crashed
+worker group is restarted up to `max_failures` times from the latest checkpoint. Outputs (in `out_dir`): the
+final lic checkpoint `model.pt` and the final metrics `metrics.json` (DVC metrics), both written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train.torch import TorchTrainer
+
+from lic.data.atomic import atomic_path, write_text
+from lic.errors import LicError
+from lic.train.checkpoints import MODEL
+from lic.train.loop import train_worker
+from lic.train.settings import RunSettings, resolve
+from lic.train.tracking import mark_failed, open_run
+
+MODEL_OUTPUT, METRICS_OUTPUT = "model.pt", "metrics.json"
+
+
+def train(
+    params: dict[str, Any], key: str | None = None, lmbda: float | None = None, metric: str | None = None
+) -> Path:
+    """Train (or resume) the model of one lambda; returns the folder holding model.pt and metrics.json."""
+    settings = resolve(params, key, lmbda, metric)
+    run_id = open_run(settings)
+    cluster = settings.cluster
+    started_here = _connect(settings)
+    try:
+        use_gpu = cluster.use_gpu
+        if use_gpu is None:
+            use_gpu = ray.cluster_resources().get("GPU", 0) >= cluster.num_workers
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"settings": settings, "mlflow_run_id": run_id},
+            scaling_config=ScalingConfig(
+                num_workers=cluster.num_workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": cluster.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            ),
+            run_config=RunConfig(
+                name=settings.run_name,
+                storage_path=settings.storage_path,
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=cluster.keep_best, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"
+                ),
+                failure_config=FailureConfig(max_failures=cluster.max_failures),
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as err:
+            mark_failed(settings, run_id)
+            raise LicError(f"training run {settings.run_name} failed: {err}") from err
+        return _export(result, settings)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _connect(settings: RunSettings) -> bool:
+    """Attach to the cluster named by train.ray.address or RAY_ADDRESS, else start a local Ray just big enough
+    for the run; returns whether a local Ray was started (and so is to be stopped)."""
+    if ray.is_initialized():
+        return False
+    address = settings.cluster.address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"worker_process_setup_hook": f"{__name__}.{quiet_ray_logs.__name__}"}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env)
+        return False
+    cluster = settings.cluster
+    ray.init(num_cpus=cluster.num_workers * cluster.cpus_per_worker, include_dashboard=False, runtime_env=runtime_env)
+    return True
+
+
+def quiet_ray_logs() -> None:
+    """Run by Ray in each worker process of the job. Ray Train's placement-group cleaner asks the State API
+    whether the controller is alive every second, and without Ray's dashboard (not installed: ray[train] does
+    not bring it) logs a warning each time it cannot; this keeps the terminal for training's own lines."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def _export(result: Result, settings: RunSettings) -> Path:
+    """Copy the latest checkpoint's model.pt and write the final metrics next to it."""
+    if result.checkpoint is None:
+        raise LicError(f"training run {settings.run_name} ended without a checkpoint")
+    out_dir = Path(settings.out_dir)
+    with result.checkpoint.as_directory() as directory, atomic_path(out_dir / MODEL_OUTPUT) as tmp:
+        shutil.copyfile(Path(directory) / MODEL, tmp)
+    metrics = {name: value for name, value in result.metrics.items() if isinstance(value, int | float)}
+    write_text(out_dir / METRICS_OUTPUT, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return out_dir
