@@ -41,6 +41,7 @@ pipeline: setup ## Run the DVC pipeline (dvc.yaml) on the embedded default (offl
 	mkdir -p outputs
 	lic data ensure-datasets  # a fresh clone lacks the (empty) datasets/ that datasets.dvc records
 	dvc repro
+	lic summary
 
 lint: setup ## ruff check and format check
 	$(VENV)/bin/ruff check .

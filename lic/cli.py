@@ -103,6 +103,17 @@ def complexity(
         )
 
 
+@app.command()
+def summary(
+    params: Annotated[str, typer.Option("--params", help="The params file to read.")] = "params.yaml",
+) -> None:
+    """Print the pipeline's outcome: RD tables, plots, registered models, how to open MLflow and pull a model."""
+    from lic.params import load_params
+    from lic.summary import summary as pipeline_summary
+
+    typer.echo(pipeline_summary(load_params(params)))
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:

@@ -171,7 +171,7 @@ def resolve(
         root=str(root),
         data_version=version,
         run_name=f"{key}-{fingerprint}",
-        storage_path=storage_path(str(train["storage_path"]), root),
+        storage_path=storage_path(os.environ.get(STORAGE_ENV) or str(train["storage_path"]), root),
         tracking_uri=tracking_uri(root),
         experiment=str(train["experiment"]),
         out_dir=str(root / train["outputs"] / key),
@@ -192,6 +192,10 @@ def data_version(params: dict[str, Any], root: Path) -> str:
             if out.get("path") == shards and "md5" in out:
                 return out["md5"]
     return UNVERSIONED
+
+
+# Shared infrastructure (infra/README.md) points every run at one checkpoint store without editing params.yaml.
+STORAGE_ENV = "LIC_STORAGE_PATH"
 
 
 def storage_path(value: str, root: Path) -> str:

@@ -1,0 +1,38 @@
+"""`lic summary`, the last thing `make pipeline` prints: RD tables, plots, registered models, how to pull one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+PARAMS = "report: {out_dir: out/report}\nregistry: {record: out/registered.json}\n"
+
+
+def _summary(cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lic.cli", "summary"], cwd=cwd, capture_output=True, text=True)
+
+
+def test_summary_names_tables_plots_models_and_how_to_pull(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    (tmp_path / "out/report").mkdir(parents=True)
+    (tmp_path / "out/report/report.md").write_text(
+        "# RD\n\nprose\n\n## sample (3 images)\n\n| codec | bpp |\n|---|---|\n"
+    )
+    decision = {"promoted": True, "reason": "first"}
+    record = {"l0130": {"name": "loclic-mse-0.013", "uri": "models:/loclic-mse-0.013/1", "decision": decision}}
+    (tmp_path / "out/registered.json").write_text(json.dumps(record))
+    out = _summary(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "| codec | bpp |" in out.stdout and "prose" not in out.stdout
+    assert "out/report/figures" in out.stdout
+    assert "models:/loclic-mse-0.013/1  (champion)" in out.stdout
+    assert "lic pull models:/loclic-mse-0.013@champion" in out.stdout
+
+
+def test_summary_before_the_pipeline_ran_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    out = _summary(tmp_path)
+    assert out.returncode == 2
+    assert "run `make pipeline`" in out.stderr and "Traceback" not in out.stderr
