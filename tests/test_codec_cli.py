@@ -111,6 +111,9 @@ def test_outputs_go_beside_inputs_or_to_o_and_are_not_clobbered(capsys, checkpoi
     assert code == 2 and "replace the input" not in err and "cat.png exists" in one_line_error(err)
     code, _, err = lic(capsys, "compress", source, source.with_name("cat.lic"), "-m", checkpoint, "-o", "x.lic")
     assert code == 2 and "one file" in one_line_error(err)
+    Image.open(source).save(tmp_path / "cat.jpg")
+    code, _, err = lic(capsys, "compress", tmp_path, "-m", checkpoint, "--force")
+    assert code == 2 and "would both be written to" in one_line_error(err)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 """Fuzzing `lic.codec.decode` with mutated .lic streams, in a child process watched by this one.
 
-About 1200 mutations of real streams: bit flips, truncations, splices of two files, inserted and overwritten
-bytes (all caught by the container), and streams whose payload or header fields were changed and then re-packed
-with a correct CRC, so that the rANS decoder and the model see the garbage themselves. Every case must either
-decode to an image of the size its header declares or raise BitstreamError. The decodes run in a child process so
-that a native crash (a segfault in the C++ decoder) or a hang is caught and reported with the case that caused
-it, instead of taking pytest down.
+1050 mutations of real streams: bit flips, truncations, splices of two files, inserted and overwritten bytes
+(all caught by the container), and streams whose payload or header fields were changed, or filled with runs of
+0xff that drive the rANS decoder's escape mode, then re-packed with a correct CRC, so that the decoder and the
+model see the garbage themselves. Every case must either decode to an image of the size its header declares or
+raise BitstreamError. The decodes run in a child process so that a native crash (a segfault in the C++ decoder)
+or a hang is caught and reported with the case that caused it, instead of taking pytest down.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.data_support import photo
 from tests.eval_support import tiny_model
 
 CASE_SECONDS = 30  # per decode; a few hundredths of a second is normal, this only catches hangs
-CRC_KINDS = ("payload+crc", "header+crc")
+CRC_KINDS = ("payload+crc", "escape+crc", "header+crc")
 
 
 def decode_cases(checkpoint: str, cases_file: str) -> None:
@@ -121,6 +121,23 @@ def payload_mutation(files: list[bytes], rng: np.random.Generator) -> bytes:
     return pack(replace(header, stream_lengths=tuple(len(s) for s in streams)), streams)
 
 
+def escape_mutation(files: list[bytes], rng: np.random.Generator) -> bytes:
+    """Runs of 0xff bytes, re-packed with a correct CRC: they drive the rANS decoder's escape mode, which reads
+    15 times a run's length beyond it. A whole stream of 0xff crashed the decoder before decode() refused it."""
+    header, streams = unpack(files[rng.integers(len(files))])
+    i = int(rng.integers(len(streams)))
+    choice = rng.integers(3)
+    if choice == 0:  # 1 to 4 MiB of 0xff: refused (without that, reading 15 times as far crashed the process)
+        streams[i] = b"\xff" * 4 * int(rng.integers(1 << 18, 1 << 20))
+    elif choice == 1:  # the longest runs allowed, back to back, as long as 256 KiB
+        separator = bytes([int(rng.integers(0, 15)) | 0xF0])  # high nibble 0xf, low nibble not: ends the run
+        streams[i] = (b"\xff" * 15 + separator) * int(rng.integers(1, 1 << 14))
+    else:  # one run of 8 to 40 bytes somewhere in a real stream
+        at, run = int(rng.integers(len(streams[i]))), int(rng.integers(8, 41))
+        streams[i] = (streams[i][:at] + b"\xff" * run + streams[i][at + run :])[: len(streams[i])]
+    return pack(replace(header, stream_lengths=tuple(len(s) for s in streams)), streams)
+
+
 def header_mutation(files: list[bytes], rng: np.random.Generator) -> bytes:
     """Header fields changed and re-packed with a correct CRC: sizes, colour mode, the split between streams."""
     header, streams = unpack(files[rng.integers(len(files))])
@@ -138,14 +155,15 @@ def header_mutation(files: list[bytes], rng: np.random.Generator) -> bytes:
 
 def make_cases(files: list[bytes], seed: int = 0) -> tuple[list[str], list[bytes]]:
     rng = np.random.default_rng(seed)
-    plan = {"flip": 250, "truncate": 150, "splice": 150, "insert": 100, "overwrite": 100}
+    plan = {"flip": 250, "truncate": 150, "splice": 150, "insert": 100, "overwrite": 150}
     kinds, cases = [], []
     for kind, count in plan.items():
         kinds += [kind] * count
         cases += [raw_mutation(kind, files, rng) for _ in range(count)]
-    kinds += ["payload+crc"] * 250 + ["header+crc"] * 100
-    cases += [payload_mutation(files, rng) for _ in range(250)]
-    cases += [header_mutation(files, rng) for _ in range(100)]
+    kinds += ["payload+crc"] * 150 + ["escape+crc"] * 40 + ["header+crc"] * 60  # each a full decode: the slow part
+    cases += [payload_mutation(files, rng) for _ in range(150)]
+    cases += [escape_mutation(files, rng) for _ in range(40)]
+    cases += [header_mutation(files, rng) for _ in range(60)]
     return kinds, cases
 
 

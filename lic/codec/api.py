@@ -5,12 +5,18 @@
     header = lic.codec.read_header(data)       # model, fingerprint, size, mode, stream lengths, bpp
 
 decode() treats its input as untrusted. Before any byte reaches CompressAI's C++ rANS decoder, the container is
-parsed with every field range-checked and its CRC32 verified, the model fingerprint is compared, and the
-streams are checked to be whole 32-bit words of at least the decoder's 8-byte initial state. The C++ decoder
-itself never checks for the end of its buffer: on garbage it keeps reading 32-bit words past the end (one per
-symbol, more in its escape mode). So every stream is handed over with a zero-filled guard behind it that covers
-one word per symbol the image can have: a forged stream then decodes to garbage values, never into foreign
-memory. Anything that still fails while decoding is reported as a BitstreamError.
+parsed with every field range-checked and its CRC32 verified, and the model fingerprint is compared. That
+decoder never checks for the end of its buffer, and a CRC-valid forged stream can make it read far past it:
+- Each symbol may read one more 32-bit word. So every stream is handed over with a zero-filled guard of one word
+  per symbol the image has; reads past the stream then see zeros instead of foreign memory.
+- A symbol in escape mode reads a count in 4-bit steps for as long as the steps are 0xf, then 15 times that many
+  4-bit values. A run of 0xff bytes therefore makes it read 15 times the run's length beyond it (a stream of
+  0xff bytes crashed the process). Valid streams never hold such a run (an escape count is at most 8, so its
+  steps are never 0xf, and 16 0xff bytes in a row in the rest of a stream has odds of 2^-128), so a stream
+  with one is refused; shorter runs cost at most about 100 words, which the guard's slack covers.
+- The decoder starts by reading a 64-bit state and reads whole words, so streams must be whole words, 8 bytes
+  or more.
+Anything the model still trips over on garbage (huge values, NaNs) is reported as a BitstreamError.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from lic.codec.images import from_tensor, to_pixels, to_tensor
 from lic.errors import BitstreamError, LicError
 
 RANS_MIN_BYTES = 8  # a rANS64 stream starts with its 64-bit state
-GUARD_SLACK_WORDS = 4096  # covers the escape (bypass) reads the decoder makes on top of one word per symbol
+ESCAPE_RUN = b"\xff" * 16  # refused in a stream: the decoder would read 15 times its length beyond it
+GUARD_SLACK_WORDS = 4096  # covers the escape reads the decoder makes on top of one word per symbol
 
 
 def encode(image: Image.Image | np.ndarray, model: nn.Module) -> bytes:
@@ -56,8 +63,7 @@ def decode(data: bytes, model: nn.Module) -> Image.Image:
     if header.pad_multiple != PAD_MULTIPLE:
         raise BitstreamError(f"unsupported padding to multiples of {header.pad_multiple}")
     for i, stream in enumerate(streams):
-        if len(stream) < RANS_MIN_BYTES or len(stream) % 4:
-            raise BitstreamError(f"stream {i} has {len(stream)} bytes, which no rANS encoder writes")
+        _check_stream(i, stream)
     shape = latent_shape(model, header.height, header.width)
     guard = bytes(4 * (_max_symbols(model, header.height, header.width) + GUARD_SLACK_WORDS))
     coded = CodedImage([stream + guard for stream in streams], shape, header.height, header.width)
@@ -68,6 +74,14 @@ def decode(data: bytes, model: nn.Module) -> Image.Image:
     if tuple(x_hat.shape[-2:]) != (header.height, header.width) or not torch.isfinite(x_hat).all():
         raise BitstreamError("the coded data is corrupted (it decodes to an image of the wrong size or to NaNs)")
     return from_tensor(x_hat, header.mode)
+
+
+def _check_stream(i: int, stream: bytes) -> None:
+    """Refuse what no rANS encoder writes and what would make the C++ decoder read without bound."""
+    if len(stream) < RANS_MIN_BYTES or len(stream) % 4:
+        raise BitstreamError(f"stream {i} has {len(stream)} bytes, which no rANS encoder writes")
+    if ESCAPE_RUN in stream:
+        raise BitstreamError(f"stream {i} holds {len(ESCAPE_RUN)} 0xff bytes in a row, which no rANS encoder writes")
 
 
 def latent_shape(model: nn.Module, height: int, width: int) -> tuple[int, int]:
