@@ -30,6 +30,7 @@ from lic.codec.container import pack, unpack
 from tests.data_support import photo
 from tests.eval_support import tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CASE_SECONDS = 30  # per decode; a few hundredths of a second is normal, this only catches hangs
 CRC_KINDS = ("payload+crc", "escape+crc", "header+crc")
 
@@ -173,11 +174,8 @@ def make_cases(files: list[bytes], seed: int = 0) -> tuple[list[str], list[bytes
 @pytest.fixture(scope="module")
 def streams(tmp_path_factory) -> tuple[Path, list[bytes]]:
     """A checkpoint and three real streams: RGB, grayscale, and a size that needs padding."""
-    import torch
-
     from lic.checkpoint import save_checkpoint
 
-    torch.set_num_threads(1)
     model = tiny_model()
     checkpoint = save_checkpoint(tmp_path_factory.mktemp("fuzz") / "model.pt", model)
     images = [
