@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from ray.train import Checkpoint
 from ray.train.torch import get_device, prepare_model
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from lic.data.loader import TrainLoader, build_train_loader, load_validation_images
 from lic.losses import RateDistortionLoss, make_optimizers
@@ -66,8 +67,7 @@ def train_worker(config: dict[str, Any]) -> None:
     criterion = RateDistortionLoss(lmbda=settings.lmbda, metric=settings.metric)
     start = 0
     if (checkpoint := ray.train.get_checkpoint()) is not None:
-        with checkpoint.as_directory() as directory:
-            start = restore_checkpoint(Path(directory), model, optimizer, aux_optimizer)
+        start = _restore(checkpoint, model, optimizer, aux_optimizer)
     if start >= opt.steps:  # a finished run asked again: Ray's result is its latest checkpoint, as it is
         return
     ddp_model = prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
@@ -158,6 +158,15 @@ def train_worker(config: dict[str, Any]) -> None:
                 ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:08d}")
     if lead:
         tracker.finish()
+
+
+def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: Optimizer, aux_optimizer: Optimizer) -> int:
+    """Each rank reads a copy of its own. Ray's shared download folder (`Checkpoint.as_directory`) lets a rank that
+    comes after another has finished downloading download again over the files the first is still reading: seen
+    here with two ranks on one machine and S3 storage, as a corrupted read of state.pt."""
+    with tempfile.TemporaryDirectory(prefix="lic-restore-") as directory:
+        checkpoint.to_directory(directory)
+        return restore_checkpoint(Path(directory), model, optimizer, aux_optimizer)
 
 
 def _batches_from(loader: TrainLoader, step: int) -> Iterator[Tensor]:
