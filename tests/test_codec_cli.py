@@ -17,6 +17,7 @@ from PIL import Image
 from lic import codec, resolve
 from lic.cli import main
 from lic.codec.core import pad
+from lic.codec.determinism import deterministic
 from lic.codec.images import from_tensor, to_pixels, to_tensor
 from lic.errors import LicError
 from tests.data_support import SKIMAGE_DATA
@@ -63,7 +64,7 @@ def reconstruction(model, image: Image.Image) -> np.ndarray:
     """The model's reconstruction by the eval-mode forward pass, independent of the codec."""
     pixels, mode = to_pixels(image)
     x = to_tensor(pixels)
-    with torch.no_grad():
+    with torch.no_grad(), deterministic():
         x_hat = model(pad(x))["x_hat"][..., : x.shape[-2], : x.shape[-1]].clamp(0, 1)
     return np.asarray(from_tensor(x_hat, mode))
 

@@ -16,6 +16,7 @@ from lic import codec
 from lic.checkpoint import load_checkpoint, save_checkpoint
 from lic.codec.container import MAX_PIXELS, Header, pack, unpack
 from lic.codec.core import pad
+from lic.codec.determinism import deterministic
 from lic.codec.images import from_tensor, to_tensor
 from lic.errors import BitstreamError, LicError
 from lic.models import build
@@ -40,7 +41,7 @@ def rgb() -> np.ndarray:
 def reconstruction(model, pixels: np.ndarray, mode: str) -> np.ndarray:
     """What the model reconstructs, computed by the eval-mode forward pass instead of the codec."""
     x = to_tensor(pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2))
-    with torch.no_grad():
+    with torch.no_grad(), deterministic():
         x_hat = model(pad(x))["x_hat"][..., : x.shape[-2], : x.shape[-1]].clamp(0, 1)
     return np.asarray(from_tensor(x_hat, mode))
 

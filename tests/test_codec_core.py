@@ -13,6 +13,7 @@ import torch
 from lic import codec
 from lic.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from lic.codec.core import pad
+from lic.codec.determinism import deterministic
 from lic.errors import LicError
 from lic.models import build
 
@@ -51,9 +52,23 @@ def test_round_trip_is_exact_and_equals_the_eval_forward_pass(model, h, w) -> No
     second = codec.decompress(model, coded)
     assert first.shape == x.shape
     assert torch.equal(first, second)
-    with torch.no_grad():
+    with torch.no_grad(), deterministic():  # the forward pass on the codec's pinned thread count
         forward = model(pad(x))["x_hat"][..., :h, :w].clamp(0, 1)
     assert torch.equal(first, forward)
+
+
+def test_decoding_does_not_depend_on_the_callers_thread_count(model) -> None:
+    """Kernels split reductions by thread; a file encoded on a big server must decode the same on a laptop."""
+    coded = codec.compress(model, _image(97, 131, seed=7))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        on_two = codec.decompress(model, coded)
+        torch.set_num_threads(1)
+        on_one = codec.decompress(model, coded)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(on_two, on_one)
 
 
 def test_a_fresh_process_decodes_the_same_bits(checkpoint, model, tmp_path) -> None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lic.codec.determinism import make_deterministic
+from lic.codec.determinism import deterministic
 from lic.models.inputs import check_images
 
 PAD_MULTIPLE = 64
@@ -45,8 +45,8 @@ def compress(model: nn.Module, x: Tensor) -> CodedImage:
     check_images(x)
     if x.shape[0] != 1:
         raise ValueError(f"compress codes one image at a time, got a batch of {x.shape[0]}")
-    make_deterministic()
-    out = model.compress(pad(x))
+    with deterministic():
+        out = model.compress(pad(x))
     streams = [strings[0] for strings in out["strings"]]
     return CodedImage(streams, tuple(int(s) for s in out["shape"]), x.shape[-2], x.shape[-1])
 
@@ -54,8 +54,8 @@ def compress(model: nn.Module, x: Tensor) -> CodedImage:
 @torch.inference_mode()
 def decompress(model: nn.Module, coded: CodedImage) -> Tensor:
     """Decode to 1 x 3 x H x W in [0, 1] (clamped: the synthesis transform is unbounded)."""
-    make_deterministic()
-    x_hat = model.decompress([[s] for s in coded.streams], coded.latent_shape)["x_hat"]
+    with deterministic():
+        x_hat = model.decompress([[s] for s in coded.streams], coded.latent_shape)["x_hat"]
     return x_hat[..., : coded.height, : coded.width].clamp(0, 1)
 
 
