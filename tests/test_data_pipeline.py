@@ -6,17 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
-import requests
-from data_support import ROOT, dvc_project, run, tool_env
+from data_support import ROOT, dvc_project, run
+from servers import S3Server, moto_server
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -54,37 +50,11 @@ def test_a_second_repro_does_nothing(project: Path) -> None:
     assert "Data and pipelines are up to date" in run([*DVC, "status", "dedupe"], project).stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
-def moto_s3() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1; yields its endpoint URL."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=tool_env(),
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(endpoint, timeout=1)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+def moto_s3(tmp_path: Path) -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 with the team's bucket."""
+    with moto_server(tmp_path, buckets=("lic-data",)) as server:
+        yield server
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -106,24 +76,17 @@ def test_a_fresh_clone_gets_the_empty_datasets_folder_that_datasets_dvc_records(
 
 
 @pytest.mark.integration
-def test_raw_snapshot_round_trips_through_an_s3_remote(project: Path, moto_s3: str) -> None:
+def test_raw_snapshot_round_trips_through_an_s3_remote(project: Path, moto_s3: S3Server) -> None:
     """Push everything, lose cache and workspace, pull: the same bytes return and nothing needs re-running.
     (Last in the module: it adds datasets/ and a remote to the shared project.)"""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    s3.create_bucket(Bucket="lic-data")
+    s3 = moto_s3.client()
     team = project / "datasets" / "imagenet" / "train" / "n01"
     team.mkdir(parents=True)
     shutil.copy2(project / "data/raw/sample/train/rocket.jpg", team / "n01_1.JPEG")
     run([*DVC, "add", "-q", "datasets"], project)
     for command in (
         ["remote", "add", "-d", "team", "s3://lic-data/dvc"],
-        ["remote", "modify", "team", "endpointurl", moto_s3],
+        ["remote", "modify", "team", "endpointurl", moto_s3.endpoint],
         ["remote", "modify", "--local", "team", "access_key_id", "testing"],
         ["remote", "modify", "--local", "team", "secret_access_key", "testing"],
     ):
