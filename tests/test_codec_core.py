@@ -153,8 +153,14 @@ def test_unreadable_checkpoints_are_clear_errors(tmp_path) -> None:
         load_checkpoint(tmp_path / "foreign.pt")
 
 
-def test_scale_indexes_match_compressai(model) -> None:
+def test_each_scale_is_coded_with_the_cdf_compressai_picks(model) -> None:
+    """The coder gets only the tables one call uses, renumbered; each scale must still reach CompressAI's table."""
     scales = torch.cat(
         [torch.rand(5000) * 300, torch.tensor([0.0, 0.11, 256.0, 1e6]), model.gaussian_conditional.scale_table]
     )
-    assert torch.equal(model._indexes(scales).int(), model.gaussian_conditional.build_indexes(scales))
+    indexes, cdfs, lengths, offsets = model._coder_arguments(scales)
+    all_cdfs, all_lengths, all_offsets = model._tables()
+    original = [next(i for i, table in enumerate(all_cdfs) if table is cdf) for cdf in cdfs]
+    assert torch.equal(torch.tensor(original)[indexes].int(), model.gaussian_conditional.build_indexes(scales))
+    assert lengths == [all_lengths[i] for i in original] and offsets == [all_offsets[i] for i in original]
+    assert len(model._coder_arguments(torch.full((10,), 0.5))[1]) == 1

@@ -13,8 +13,6 @@ from torch import Tensor, nn
 from lic.models.checkerboard import window_anchor_masks
 from lic.models.layers import ConvMLP, DepthwiseProjection, conv_stack, efficient_attention
 
-_MASKED = -100.0  # added to attention scores of pairs that are not both anchors
-
 
 class LocalContext(nn.Module):
     """Checkerboard-masked 5x5 window attention over the anchors of the current slice, then a 5x5 fusion conv."""
@@ -30,9 +28,13 @@ class LocalContext(nn.Module):
         coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
         relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
         self.register_buffer("position_index", relative[..., 0] * (2 * window - 1) + relative[..., 1], False)
+        # MLIC++ adds -100 to the score of every pair that is not two anchors. A non-anchor query's whole row
+        # moves by -100, which softmax ignores; an anchor query's non-anchor keys get weights of e^-100 = 4e-44,
+        # subnormal floats that make the CPU's softmax 2x slower. -inf on exactly those keys is the same
+        # attention (to within float rounding) without subnormals, and every row keeps its anchor keys.
         anchors = window_anchor_masks(window)  # 2 x K*K
-        both = anchors[:, :, None] & anchors[:, None, :]
-        self.register_buffer("parity_mask", torch.where(both, 0.0, _MASKED), persistent=False)
+        ignored = anchors[:, :, None] & ~anchors[:, None, :]  # anchor query, non-anchor key
+        self.register_buffer("parity_mask", torch.where(ignored, float("-inf"), 0.0), persistent=False)
         self.fusion = nn.Conv2d(dim, out_dim, window)
         self.proj = nn.Linear(out_dim, out_dim)
         self.mlp = nn.Sequential(
@@ -50,8 +52,9 @@ class LocalContext(nn.Module):
         parity = (torch.arange(h, device=x.device).view(-1, 1) + torch.arange(w, device=x.device)) % 2
         mask = self.parity_mask[parity.flatten()]  # HW x K2 x K2
         attn = (q @ k.transpose(-2, -1) + bias + mask[:, None]).softmax(dim=-1)
-        out = (attn @ v).permute(0, 1, 2, 4, 3).reshape(b * h * w, c, self.window, self.window)
-        out = self.proj(self.fusion(out).view(b, h, w, -1))
+        out = (attn @ v).permute(0, 1, 2, 4, 3).reshape(b * h * w, c * k2)
+        # The fusion conv covers each window exactly once: as one matrix multiply it runs 2.5x faster than the conv.
+        out = self.proj(F.linear(out, self.fusion.weight.flatten(1), self.fusion.bias).view(b, h, w, -1))
         out = out + self.mlp(out)
         return out.permute(0, 3, 1, 2)
 
