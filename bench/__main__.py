@@ -37,7 +37,8 @@ def main() -> None:
         f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']} with {host['torch_threads']} threads, "
         f"Python {host['python']}; run on {host['date']} in {elapsed / 60:.1f} minutes.\n"
     )
-    body = "\n".join(f"\n## {s.title}\n\n{s.markdown}\n" for s in sections)
+    where = f"*{host['cpu']}, {host['cores']} cores, {host['torch_threads']} torch threads, {host['date']}.*"
+    body = "\n".join(f"\n## {s.title}\n\n{where}\n\n{s.markdown}\n" for s in sections)
     DOCS.mkdir(exist_ok=True)
     _write(DOCS / "benchmarks.md", header + body)
     _write(DOCS / "benchmarks.json", json.dumps({"machine": host, **{s.title: s.data for s in sections}}, indent=2))

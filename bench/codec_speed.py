@@ -1,8 +1,9 @@
 """Codec speed on the CPU: encode/decode time and peak memory for a 768x512 image, and where LoC-LIC's time goes.
 
 Each learned codec runs in its own child process so that its peak memory is its own. Random weights are fine
-for speed (LoC-LIC's latent is scaled so its y stream is as full as a trained model's). Pillow codecs run on
-the same photo for scale.
+for speed, as long as the entropy coder has a realistic amount of work: LoC-LIC's latent is scaled so that the
+photo costs about 1 bpp, a trained model's high-rate point. Pillow codecs run on the same photo for scale. The
+MACs of the encode and decode calls themselves are counted too, so that speed can be compared per MAC.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import io
 import multiprocessing
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from skimage import data
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import Section, best_seconds, median_seconds, peak_rss_mib, table
+from lic.codec.determinism import CODING_THREADS
 
 HEIGHT, WIDTH = 512, 768
 LEARNED = [
@@ -28,6 +32,9 @@ LEARNED = [
     ("cheng2020-anchor", {"quality": 6}),
 ]
 PILLOW = [("JPEG", {"quality": 75}), ("WEBP", {"quality": 75}), ("AVIF", {"quality": 60})]
+COLUMNS = ["codec", "bpp", "encode ms", "decode ms", "encode / LoC-LIC", "decode / LoC-LIC", "decode GMAC",
+           "decode GMAC/s", "peak MiB"]  # fmt: skip
+LATENT_GAIN = 2.0  # on g_a's last conv of the random LoC-LIC: 0.8 bpp for y (1 would give 0.002, 3 gives 3)
 
 
 def _photo() -> Image.Image:
@@ -45,25 +52,38 @@ def _model(name: str, config: dict[str, Any]):
     model = build(name, **config).eval()
     if name == "loclic":
         with torch.no_grad():
-            model.g_a[-1].weight.mul_(40)
+            model.g_a[-1].weight.mul_(LATENT_GAIN)
     model.update(force=True)
     return model
 
 
+def _macs(call: Callable[[], Any]) -> float:
+    """Multiply-accumulates of one call (convolutions, matrix multiplies), counted as lic.complexity does."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:  # not inference mode, as lic.codec has: the counter needs autograd nodes
+        call()
+    return counter.get_total_flops() / 2
+
+
 def _learned(name: str, config: dict[str, Any]) -> dict[str, float]:
-    """Runs in a child process: median encode and decode seconds, stream bytes, peak RSS."""
+    """Runs in a child process: median encode and decode seconds, their MACs, stream bytes, peak RSS."""
     from lic import codec
 
     after_imports = peak_rss_mib()
     model = _model(name, config)
     x = _photo_tensor()
     coded = codec.compress(model, x)
-    return {
-        "import_rss_mib": after_imports,
+    timed = {
         "encode_s": median_seconds(lambda: codec.compress(model, x)),
         "decode_s": median_seconds(lambda: codec.decompress(model, coded)),
+        "peak_rss_mib": peak_rss_mib(),  # before counting: the counter keeps its own tensors
+    }
+    return {
+        "import_rss_mib": after_imports,
+        **timed,
+        "encode_gmac": _macs(lambda: model.compress(x)) / 1e9,
+        "decode_gmac": _macs(lambda: model.decompress([[s] for s in coded.streams], coded.latent_shape)) / 1e9,
         "bytes": sum(len(s) for s in coded.streams),
-        "peak_rss_mib": peak_rss_mib(),
     }
 
 
@@ -128,7 +148,23 @@ def _throughput() -> dict[str, float]:
     n = 4096
     a, b = torch.rand(n, n), torch.rand(n, n)
     matmul_s = best_seconds(lambda: a @ b)
-    return {"forward_s": forward_s, "forward_gmacs": macs / forward_s / 1e9, "matmul_gmacs": n**3 / matmul_s / 1e9}
+    return {
+        "threads": torch.get_num_threads(),
+        "forward_s": forward_s,
+        "forward_gmacs": macs / forward_s / 1e9,
+        "matmul_gmacs": n**3 / matmul_s / 1e9,
+    }
+
+
+def _per_mac(results: dict[str, dict[str, float]]) -> str:
+    """The time-per-MAC comparison: is LoC-LIC slower than its MAC count implies?"""
+    rate = {label: r["decode_gmac"] / r["decode_s"] for label, r in results.items() if "decode_gmac" in r}
+    ours, peer = rate["loclic"], rate["mbt2018-mean q8"]
+    verdict = "no slower than" if ours >= peer else f"{peer / ours:.2f}x slower than"
+    return (
+        f"Per MAC, LoC-LIC decodes at {ours:.1f} GMAC/s, {verdict} mbt2018-mean ({peer:.1f} GMAC/s), the "
+        "hyperprior baseline without a serial context model."
+    )
 
 
 def run() -> Section:
@@ -143,10 +179,14 @@ def run() -> Section:
     base = results["loclic"]
     rows = []
     for label, r in results.items():
-        memory = f"{r['peak_rss_mib'] - r['import_rss_mib']:.0f}" if "peak_rss_mib" in r else "-"
+        learned = "peak_rss_mib" in r
         rows.append(
-            [label, f"{r['encode_s'] * 1e3:.0f}", f"{r['decode_s'] * 1e3:.0f}",
-             f"{r['encode_s'] / base['encode_s']:.2f}", f"{r['decode_s'] / base['decode_s']:.2f}", memory]
+            [label, f"{r['bytes'] * 8 / (WIDTH * HEIGHT):.2f}",
+             f"{r['encode_s'] * 1e3:.0f}", f"{r['decode_s'] * 1e3:.0f}",
+             f"{r['encode_s'] / base['encode_s']:.2f}", f"{r['decode_s'] / base['decode_s']:.2f}",
+             f"{r['decode_gmac']:.1f}" if learned else "-",
+             f"{r['decode_gmac'] / r['decode_s']:.1f}" if learned else "-",
+             f"{r['peak_rss_mib'] - r['import_rss_mib']:.0f}" if learned else "-"]
         )  # fmt: skip
     with context.Pool(1) as pool:
         profile = pool.apply(_profile_loclic)
@@ -157,11 +197,15 @@ def run() -> Section:
         f"{WIDTH}x{HEIGHT} photo, median of 3 runs after a warm-up (5 for Pillow), each learned codec in its own "
         "process; its peak memory is the peak RSS above what the process had after importing torch and lic "
         f"(about {base['import_rss_mib']:.0f} MiB, mostly the CUDA build of torch). Ratios are to LoC-LIC.\n\n"
-        + table(["codec", "encode ms", "decode ms", "encode / LoC-LIC", "decode / LoC-LIC", "peak MiB"], rows)
+        + table(COLUMNS, rows)
+        + "\n\nDecode GMAC counts the decode call itself (autoregressive decoders run their masked convolution per "
+        "latent position, which the count includes); GMAC/s compares how well each decoder uses the CPU. "
+        f"{_per_mac(results)}\n"
         + "\n\n**Where LoC-LIC's time goes** (forward hooks on each top-level part; per-slice modules summed):\n\n"
         + table(["part", "encode ms", "decode ms"], profile_rows)
         + f"\n\n**Throughput**: LoC-LIC's forward pass runs at {throughput['forward_gmacs']:.1f} GMAC/s "
-        f"({throughput['forward_s'] * 1e3:.0f} ms at {WIDTH}x{HEIGHT}); the best fp32 4096x4096 matrix multiply with "
+        f"({throughput['forward_s'] * 1e3:.0f} ms at {WIDTH}x{HEIGHT}, {throughput['threads']} torch threads; coding "
+        f"itself runs on {CODING_THREADS}, see docs/model.md); the best fp32 4096x4096 matrix multiply with "
         f"the same threads reaches {throughput['matmul_gmacs']:.1f} GMAC/s, so the model runs at "
         f"{throughput['forward_gmacs'] / throughput['matmul_gmacs']:.0%} of this machine's practical peak."
     )
