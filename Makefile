@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: help setup test test-fast pipeline lint format lock bench clean stack-up stack-down
+.PHONY: help setup test test-all test-fast pipeline lint format lock bench clean stack-up stack-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,16 +31,21 @@ $(STAMP): requirements.lock pyproject.toml infra/setup/system-deps.sh
 	$(PY) -m pip check
 	touch $(STAMP)
 
-test: setup ## Run the whole test suite (unit, integration and slow tests)
-	$(PY) -m pytest || test $$? -eq 5  # exit 5 = no tests collected
+test: setup ## Run the test suite (unit, integration, slow), except the whole-pipeline runs of test-all
+	$(PY) -m pytest -m "not pipeline" || test $$? -eq 5  # exit 5 = no tests collected
+
+test-all: setup ## Run every test, also the acceptance runs of `make pipeline` in temporary clones
+	$(PY) -m pytest || test $$? -eq 5
 
 test-fast: setup ## Run the tests that are neither slow nor need local servers
 	$(PY) -m pytest -m "not slow and not integration" || test $$? -eq 5
 
-pipeline: setup ## Run the DVC pipeline (dvc.yaml) on the embedded default (offline, CPU)
+pipeline: setup ## Run the DVC pipeline (dvc.yaml) on the embedded default (offline, CPU); push to $LIC_DVC_REMOTE
 	mkdir -p outputs
 	lic data ensure-datasets  # a fresh clone lacks the (empty) datasets/ that datasets.dvc records
+	if [ -n "$${LIC_DVC_REMOTE:-}" ]; then dvc remote add --local --default --force team "$$LIC_DVC_REMOTE"; fi
 	dvc repro
+	if [ -n "$${LIC_DVC_REMOTE:-}" ]; then dvc push; fi
 	lic summary
 
 lint: setup ## ruff check and format check
@@ -58,11 +63,15 @@ lock: setup ## Re-resolve requirements.lock from pyproject.toml and constraints.
 bench: setup ## Run the benchmarks and write docs/benchmarks.md
 	$(PY) -m bench
 
+# Where the local stack keeps env.sh and run/, and more `lic stack up` options (e.g. --s3-port 9100).
+STACK_DIR ?= infra/local
+STACK_ARGS ?=
+
 stack-up: setup ## Start S3 (moto), an MLflow server and a 2-node Ray here; writes infra/local/env.sh
-	lic stack up
+	lic stack up --dir $(STACK_DIR) $(STACK_ARGS)
 
 stack-down: ## Stop everything stack-up started (by PID) and remove infra/local/env.sh
-	lic stack down
+	lic stack down --dir $(STACK_DIR)
 
 clean: ## Remove caches and build outputs (keeps .venv and DVC-tracked data)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
