@@ -53,9 +53,9 @@ def timings(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> list[fl
     return times
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int = 3) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
     """The typical time of a call."""
-    return statistics.median(timings(fn, repeats))
+    return statistics.median(timings(fn, repeats, warmup))
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
