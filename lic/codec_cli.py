@@ -46,7 +46,7 @@ def compress(
     force: Annotated[bool, ForceOption] = False,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF, PPM) into .lic files."""
-    from lic.codec import encode, open_image
+    from lic.codec import bits_per_pixel, encode, open_image
     from lic.data.images import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
     from lic.resolve import resolve_model
 
@@ -58,7 +58,7 @@ def compress(
         image = open_image(source)
         data = encode(image, net)
         _write(target, lambda tmp: tmp.write_bytes(data))
-        return len(data), len(data) * 8 / (image.width * image.height)
+        return len(data), bits_per_pixel(len(data), image.height, image.width)
 
     _run("compressing", jobs, one)
 
@@ -73,7 +73,7 @@ def decompress(
     """Decompress .lic files into images (PNG unless -o names another format)."""
     from PIL import Image
 
-    from lic.codec import decode, read_header
+    from lic.codec import bits_per_pixel, decode, read_header
     from lic.resolve import resolve_model
 
     sources = expand_inputs(inputs, (LIC_SUFFIX,))
@@ -94,7 +94,7 @@ def decompress(
         data = _read(source)
         image = decode(data, net)
         _write(target, lambda tmp: image.save(tmp, format=formats[target.suffix.lower()]))
-        return len(data), len(data) * 8 / (image.width * image.height)
+        return len(data), bits_per_pixel(len(data), image.height, image.width)
 
     _run("decompressing", jobs, one)
 
@@ -104,6 +104,7 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print the headers as JSON.")] = False,
 ) -> None:
     """Print what a .lic file says about itself: model, image size, colour mode, bytes, bpp."""
+    from lic.codec import bits_per_pixel
     from lic.codec.container import unpack
 
     rows, failures = [], []
@@ -124,7 +125,7 @@ def info(
                 "mode": header.mode,
                 "bytes": len(data),
                 "header_bytes": header.header_bytes,
-                "bpp": len(data) * 8 / (header.height * header.width),
+                "bpp": bits_per_pixel(len(data), header.height, header.width),
             }
         )
     if json_out:

@@ -22,12 +22,15 @@ def summary(params: dict[str, Any], root: Path = Path()) -> str:
     except FileNotFoundError as err:
         raise LicError(f"{err.filename} is missing: run `make pipeline` (or `dvc repro`) first") from None
     tables = [line for line in report.splitlines() if line.startswith(("|", "## ")) and line != "## Notes"]
-    store = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    # The store the register stage used (it records it), not a guess at MLflow's default.
+    store = next(iter(registered.values()), {}).get("store") or os.environ.get(
+        "MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"
+    )
     lines = ["Rate-distortion results (real bitstreams):", *tables, ""]
     lines.append(f"Plots: {report_dir / 'figures'}/  (full report: {report_dir / 'report.md'}; `dvc plots show`)")
     lines.append("Registered models:")
     for key, entry in sorted(registered.items()):
-        lines.append(f"  {key}: {entry['uri']}  ({'champion' if entry['decision']['promoted'] else 'candidate'})")
+        lines.append(f"  {key}: {entry['uri']}  ({_status(entry['decision'])})")
     if store.startswith("sqlite"):
         lines.append(
             f"MLflow UI: mlflow ui --backend-store-uri {store} --host 127.0.0.1, then open http://127.0.0.1:5000"
@@ -39,3 +42,10 @@ def summary(params: dict[str, Any], root: Path = Path()) -> str:
         lines.append(f"Pull a model: lic pull models:/{first['name']}@champion -o models/{first['name']}")
         lines.append(f"Use it:       lic compress photo.png --model models:/{first['name']}@champion")
     return "\n".join(lines)
+
+
+def _status(decision: dict[str, Any] | None) -> str:
+    """A version registered by an earlier run (the same checkpoint) has no promotion decision of this run."""
+    if decision is None:
+        return "registered by an earlier run"
+    return "champion" if decision["promoted"] else "candidate"

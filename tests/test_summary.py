@@ -31,6 +31,20 @@ def test_summary_names_tables_plots_models_and_how_to_pull(tmp_path: Path) -> No
     assert "lic pull models:/loclic-mse-0.013@champion" in out.stdout
 
 
+def test_summary_after_a_rerun_of_register_names_the_versions_it_found(tmp_path: Path) -> None:
+    """Registering an already registered checkpoint records no decision; the record names the store it used."""
+    (tmp_path / "params.yaml").write_text(PARAMS)
+    (tmp_path / "out/report").mkdir(parents=True)
+    (tmp_path / "out/report/report.md").write_text("## sample (3 images)\n\n| codec | bpp |\n")
+    uri, store = "models:/loclic-mse-0.013/1", "http://127.0.0.1:5123"
+    record = {"l0130": {"name": "loclic-mse-0.013", "uri": uri, "decision": None, "store": store}}
+    (tmp_path / "out/registered.json").write_text(json.dumps(record))
+    out = _summary(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"{uri}  (registered by an earlier run)" in out.stdout
+    assert f"MLflow UI: {store}" in out.stdout
+
+
 def test_summary_before_the_pipeline_ran_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(PARAMS)
     out = _summary(tmp_path)

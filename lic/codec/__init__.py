@@ -6,7 +6,7 @@ tensors into raw streams (core.py).
 
 from lic.codec.api import decode, encode
 from lic.codec.container import Header, read_header
-from lic.codec.core import CodedImage, compress, decompress, pad
+from lic.codec.core import CodedImage, bits_per_pixel, compress, decompress, pad
 from lic.codec.fingerprint import fingerprint
 from lic.codec.images import ImageWarning, open_image
 
@@ -14,6 +14,7 @@ __all__ = [
     "CodedImage",
     "Header",
     "ImageWarning",
+    "bits_per_pixel",
     "compress",
     "decode",
     "decompress",

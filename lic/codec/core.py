@@ -59,6 +59,11 @@ def decompress(model: nn.Module, coded: CodedImage) -> Tensor:
     return x_hat[..., : coded.height, : coded.width].clamp(0, 1)
 
 
+def bits_per_pixel(num_bytes: int, height: int, width: int) -> float:
+    """The rate of `num_bytes` coding a height x width image."""
+    return num_bytes * 8 / (height * width)
+
+
 def num_bits(coded: CodedImage) -> int:
     """Bits in the entropy-coded streams alone (no container header)."""
     return 8 * sum(len(s) for s in coded.streams)

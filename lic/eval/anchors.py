@@ -53,7 +53,7 @@ def measure_anchors(images: EvalSet, anchors: Mapping[str, Mapping[str, Any]]) -
     for name, settings in anchors.items():
         for quality in settings["qualities"]:
             encode, decode = pillow_codec(name, int(quality), settings.get("options") or {})
-            rows += measure_all(name, f"q{int(quality):03d}", encode, decode, images, len(images))
+            rows += measure_all(name, f"q{int(quality):03d}", encode, decode, images)
     return rows
 
 

@@ -55,7 +55,7 @@ def evaluate_checkpoint(
     images = load_eval_set(manifest, limit)
     codec = codec_label(model.spec.name, metadata)
     setting = setting or setting_label(metadata, Path(checkpoint))
-    table = to_frame(measure_all(codec, setting, *_codec_functions(model), images, len(images)))
+    table = to_frame(measure_all(codec, setting, *_codec_functions(model), images))
     complexity = measure_complexity(model, complexity_size)
     results = {
         "checkpoint": str(checkpoint),

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from lic.codec import bits_per_pixel
 from lic.data.progress import counting
-from lic.eval.evalset import EvalImage
-from lic.eval.metrics import bits_per_pixel, ms_ssim, psnr
+from lic.eval.evalset import EvalImage, EvalSet
+from lic.eval.metrics import ms_ssim, psnr
 
 Encode = Callable[[np.ndarray], bytes]
 Decode = Callable[[bytes], np.ndarray]
@@ -66,13 +67,11 @@ def measure_image(codec: str, setting: str, encode: Encode, decode: Decode, imag
     )
 
 
-def measure_all(
-    codec: str, setting: str, encode: Encode, decode: Decode, images: Iterable[EvalImage], total: int
-) -> list[Measurement]:
+def measure_all(codec: str, setting: str, encode: Encode, decode: Decode, images: EvalSet) -> list[Measurement]:
     """Measure every image, with a progress bar on stderr."""
     rows = []
     with counting() as bar:
-        task = bar.add_task(f"{codec} {setting}", total=total)
+        task = bar.add_task(f"{codec} {setting}", total=len(images))
         for image in images:
             rows.append(measure_image(codec, setting, encode, decode, image))
             bar.advance(task)

@@ -17,10 +17,6 @@ from pytorch_msssim import ms_ssim as _ms_ssim
 MS_SSIM_MIN_SIDE = 161
 
 
-def bits_per_pixel(num_bytes: int, height: int, width: int) -> float:
-    return num_bytes * 8 / (height * width)
-
-
 def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
     """PSNR in dB of two uint8 images of the same shape, peak 255; infinite for identical images."""
     _check_pair(original, decoded)

@@ -27,8 +27,7 @@ from PIL import Image, ImageOps
 
 import lic
 from lic.checkpoint import load_checkpoint
-from lic.codec import decode, encode
-from lic.eval.metrics import bits_per_pixel
+from lic.codec import bits_per_pixel, decode, encode
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 SIGNATURE = ModelSignature(
@@ -51,7 +50,6 @@ REQUIREMENTS = (
     "compressai",
     "numpy",
     "pillow",
-    "pytorch-msssim",
     "pandas",
     "pyyaml",
     "mlflow",
@@ -67,8 +65,6 @@ INFERENCE_CODE = (
     "checkpoint.py",
     "models",
     "codec",
-    "eval/__init__.py",
-    "eval/metrics.py",
     "registry/__init__.py",
     "registry/pyfunc.py",
 )

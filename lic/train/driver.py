@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchTrainer
@@ -97,8 +97,9 @@ def _export(result: Result, settings: RunSettings) -> Path:
     if result.checkpoint is None:
         raise LicError(f"training run {settings.run_name} ended without a checkpoint")
     out_dir = Path(settings.out_dir)
-    with result.checkpoint.as_directory() as directory, atomic_path(out_dir / MODEL_OUTPUT) as tmp:
-        shutil.copyfile(Path(directory) / MODEL, tmp)
+    checkpoint = result.checkpoint
+    with atomic_path(out_dir / MODEL_OUTPUT) as tmp:  # model.pt alone: as_directory() would fetch state.pt too
+        pyarrow.fs.copy_files(f"{checkpoint.path}/{MODEL}", str(tmp), source_filesystem=checkpoint.filesystem)
     metrics = {name: value for name, value in result.metrics.items() if isinstance(value, int | float)}
     write_text(out_dir / METRICS_OUTPUT, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return out_dir

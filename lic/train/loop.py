@@ -112,11 +112,13 @@ def train_worker(config: dict[str, Any]) -> None:
         aux_optimizer.step()
         clock.lap("optimizer")
         step += 1
+        # The MSE objective already computed the batch MSE; an MS-SSIM run measures it for the PSNR it logs.
+        mse = losses["mse_loss"] if "mse_loss" in losses else F.mse_loss(output["x_hat"].detach(), x)
         meter.add(
             {
                 "loss": losses["loss"].item(),
                 "bpp": losses["bpp_loss"].item(),
-                "mse": F.mse_loss(output["x_hat"].detach(), x).item(),
+                "mse": mse.item(),
                 "aux_loss": aux_loss.item(),
                 "grad_norm": grad_norm.item(),
                 "lr": lr,

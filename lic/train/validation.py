@@ -2,9 +2,10 @@
 
 An eval-mode forward pass reconstructs exactly what the real codec decodes and its likelihoods give the rate to
 within about 1% (docs/model.md), at a fraction of the cost of entropy coding. Images are padded to a multiple of
-64 as the codec pads them, and the rate is over the unpadded pixels. Quality follows the evaluation stage's
-convention (lic.eval.metrics): the reconstruction rounded to 8 bits, PSNR with peak 255, MS-SSIM at data range
-255. The loss is the training objective on the unpadded, clamped reconstruction.
+64, as the codec needs (centred zero padding, CompressAI's convention), and the rate is over the unpadded
+pixels. Quality follows the evaluation stage's convention (lic.eval.metrics): the reconstruction rounded to 8
+bits, PSNR with peak 255, MS-SSIM at data range 255. The loss is the training objective on the unpadded,
+clamped reconstruction.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import torch.nn.functional as F
 from compressai.ops import compute_padding
 from torch import Tensor, nn
 
+from lic.codec.core import PAD_MULTIPLE
 from lic.eval.metrics import ms_ssim, psnr
 from lic.losses import RateDistortionLoss
-
-PAD_MULTIPLE = 64  # what every registry model needs (z sits at H/64)
 
 
 @torch.no_grad()
