@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lic import codec_cli
+from lic.codec import cli as codec_cli
 from lic.data.cli import app as data_app
 from lic.errors import LicError
 from lic.eval.cli import evaluate

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lic import codec, resolve
+from lic import codec
+from lic.codec import resolve
 from lic.cli import main
 from lic.codec.core import pad
 from lic.codec.determinism import deterministic

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lic.data import archive
-from lic.data.atomic import staged_directory
+from lic.io.atomic import staged_directory
 from lic.data.neighbours import Hashes, near_pairs
 from lic.data.sources.vimeo import frame_names
 from lic.errors import LicError

@@ -101,7 +101,7 @@ def test_inputs_that_cannot_work_raise_value_error(loclic, x, message) -> None:
 
 
 def test_gradients_reach_every_trainable_parameter() -> None:
-    from lic.losses import RateDistortionLoss
+    from lic.train.objective import RateDistortionLoss
 
     torch.manual_seed(0)
     model = build("loclic", N=(8, 16, 32), M=64, slices=4).train()
@@ -114,7 +114,7 @@ def test_gradients_reach_every_trainable_parameter() -> None:
 
 
 def test_optimizers_split_quantiles_from_the_network() -> None:
-    from lic.losses import make_optimizers
+    from lic.train.objective import make_optimizers
 
     model = build("loclic", N=(8, 16, 32), M=64, slices=4)
     main, aux = make_optimizers(model)

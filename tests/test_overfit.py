@@ -8,7 +8,7 @@ from skimage import data
 
 from lic import codec
 from lic.codec.determinism import deterministic
-from lic.losses import RateDistortionLoss, make_optimizers
+from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.models import build
 
 STEPS = 300

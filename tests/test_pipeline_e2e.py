@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from servers import S3Server
 
 from lic.checkpoint import load_checkpoint
-from lic.data.checksums import file_digest
+from lic.io.checksums import file_digest
 from lic.registry.naming import registered_name
 from lic.registry.promotion import CANDIDATE, CHAMPION
 from lic.stack.local import CHECKPOINTS, Stack

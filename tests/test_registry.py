@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from lic import codec
 from lic.checkpoint import load_checkpoint
 from lic.cli import app
-from lic.data.checksums import file_digest
+from lic.io.checksums import file_digest
 from lic.errors import LicError
 from lic.eval.evaluate import evaluate_checkpoint
 from lic.registry import fetch_checkpoint, pull, register_checkpoint

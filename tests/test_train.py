@@ -17,9 +17,9 @@ from skimage import data
 from lic import codec
 from lic.checkpoint import load_checkpoint
 from lic.errors import LicError
-from lic.losses import RateDistortionLoss, make_optimizers
+from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.models import build
-from lic.train.checkpoints import MODEL, restore_checkpoint, write_checkpoint
+from lic.train.resume import MODEL, restore_checkpoint, write_checkpoint
 from lic.train.loop import Meter
 from lic.train.schedule import learning_rate
 from lic.train.settings import UNVERSIONED, Optimisation, resolve, tracking_uri

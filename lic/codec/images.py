@@ -6,7 +6,7 @@ The models code 8-bit RGB. Everything else is brought to that or refused with a 
   estimate of it); the file records the mode so decode() gives an "L" image back;
 - palette and bilevel images, CMYK, YCbCr, LAB and HSV are converted to RGB (or L);
 - 16-bit images are reduced to 8 bits with an ImageWarning: RGB keeps the high byte (Pillow reads it so),
-  grayscale is rounded to the nearest 8-bit level (as the data stages do, lic/data/images.py);
+  grayscale is rounded to the nearest 8-bit level (as the data stages do, lic/data/rgb.py);
 - an alpha channel is dropped, with an ImageWarning;
 - EXIF orientation is applied when a file is opened (open_image), so photos are coded upright.
 """

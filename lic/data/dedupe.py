@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lic.data import report
-from lic.data.atomic import write_text
+from lic.io.atomic import write_text
 from lic.data.fetch import active_sources
 from lic.data.manifest import FIELDS, SCHEMA_VERSION, manifest_path, read_manifest, write_table
 from lic.data.neighbours import Hashes, near_pairs
-from lic.data.progress import say
+from lic.io.progress import say
 
 KEPT, LEAKAGE, EXACT, NEAR = "kept", "leakage", "exact duplicate", "near duplicate"
 DEDUP_FIELDS = [

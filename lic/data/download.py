@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from lic.data import checksums
-from lic.data.progress import say, transferring
+from lic.io import checksums
+from lic.io.progress import say, transferring
 from lic.errors import LicError
 
 # Statuses worth another attempt: the server is busy or briefly broken, not refusing this request for good.

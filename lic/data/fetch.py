@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lic.data.atomic import staged_directory
-from lic.data.progress import say
+from lic.io.atomic import staged_directory
+from lic.io.progress import say
 from lic.errors import LicError
 
 if TYPE_CHECKING:  # imported for real only by active sources, so inactive and offline ones stay cheap

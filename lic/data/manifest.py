@@ -18,11 +18,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lic.data.atomic import atomic_path
+from lic.io.atomic import atomic_path
 from lic.data.fetch import read_source_info
 from lic.data.hashing import perceptual_hashes, pixel_sha256
-from lic.data.images import UnusableImageError, load_rgb
-from lic.data.progress import counting, say
+from lic.data.rgb import UnusableImageError, load_rgb
+from lic.io.progress import counting, say
 from lic.errors import LicError
 
 SPLITS = ("train", "eval")

@@ -27,11 +27,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from lic.data.atomic import staged_directory, write_text
+from lic.io.atomic import staged_directory, write_text
 from lic.data.dedupe import MERGED_SCHEMA
-from lic.data.images import load_rgb
+from lic.data.rgb import load_rgb
 from lic.data.manifest import read_manifest, resolve_workers, write_table
-from lic.data.progress import say
+from lic.io.progress import say
 from lic.errors import LicError
 
 BETON, METADATA, VALIDATION = "train.beton", "train.parquet", "validation.parquet"

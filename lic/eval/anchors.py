@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, features
 
-from lic.data.atomic import atomic_path
+from lic.io.atomic import atomic_path
 from lic.errors import LicError
 from lic.eval.evalset import EvalSet, load_eval_set
 from lic.eval.measure import Decode, Encode, Measurement, measure_all, to_frame

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lic.data.images import load_rgb
+from lic.data.rgb import load_rgb
 from lic.data.manifest import read_manifest
 from lic.errors import LicError
 

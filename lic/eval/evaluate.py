@@ -20,8 +20,8 @@ from torch import nn
 from lic.checkpoint import load_checkpoint
 from lic.codec import decode, encode
 from lic.complexity import measure as measure_complexity
-from lic.data.atomic import atomic_path, write_text
-from lic.data.checksums import file_digest
+from lic.io.atomic import atomic_path, write_text
+from lic.io.checksums import file_digest
 from lic.eval.evalset import EvalSet, load_eval_set
 from lic.eval.measure import METRICS, Decode, Encode, curve_points, measure_all, to_frame
 from lic.eval.plots import Series, save_rd_figure

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lic.codec import bits_per_pixel
-from lic.data.progress import counting
+from lic.io.progress import counting
 from lic.eval.evalset import EvalImage, EvalSet
 from lic.eval.metrics import ms_ssim, psnr
 

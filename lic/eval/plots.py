@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only: stages and CI have no display
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from lic.data.atomic import atomic_path
+from lic.io.atomic import atomic_path
 
 PANELS = (("psnr", "PSNR (dB, RGB, peak 255)"), ("ms_ssim", "MS-SSIM (RGB)"))
 STYLES = {

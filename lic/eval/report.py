@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from lic.data.atomic import atomic_path, write_text
+from lic.io.atomic import atomic_path, write_text
 from lic.errors import LicError
 from lic.eval.anchors import ANCHORS_DIR, IMAGES
 from lic.eval.bd import bd_metrics

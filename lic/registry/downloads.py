@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-from lic.data.atomic import staged_directory
+from lic.io.atomic import staged_directory
 from lic.errors import LicError
 from lic.registry.tracking import client, registry_errors, tracking_uri
 

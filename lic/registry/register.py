@@ -21,9 +21,9 @@ from typing import Any
 import mlflow
 
 from lic.checkpoint import read_checkpoint
-from lic.data.atomic import write_text
-from lic.data.checksums import file_digest
-from lic.data.progress import say
+from lic.io.atomic import write_text
+from lic.io.checksums import file_digest
+from lic.io.progress import say
 from lic.errors import LicError
 from lic.eval.evaluate import FIGURE, IMAGES, RESULTS, read_results
 from lic.registry.naming import registered_name

@@ -11,7 +11,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from lic.data.atomic import write_text
+from lic.io.atomic import write_text
 from lic.stack.processes import Launch, answers_http, log_says
 
 BIN = Path(sys.executable).parent

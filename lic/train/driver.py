@@ -20,9 +20,9 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchTrainer
 
-from lic.data.atomic import atomic_path, write_text
+from lic.io.atomic import atomic_path, write_text
 from lic.errors import LicError
-from lic.train.checkpoints import MODEL
+from lic.train.resume import MODEL
 from lic.train.loop import train_worker
 from lic.train.settings import RunSettings, resolve
 from lic.train.tracking import mark_failed, open_run

@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lic.data.loader import TrainLoader, build_train_loader, load_validation_images
-from lic.losses import RateDistortionLoss, make_optimizers
+from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.models import build
-from lic.train.checkpoints import restore_checkpoint, write_checkpoint
+from lic.train.resume import restore_checkpoint, write_checkpoint
 from lic.train.schedule import learning_rate
 from lic.train.settings import FAIL_AT_STEP_ENV, RunSettings
 from lic.train.tracking import Tracker

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from lic.codec.core import PAD_MULTIPLE
 from lic.eval.metrics import ms_ssim, psnr
-from lic.losses import RateDistortionLoss
+from lic.train.objective import RateDistortionLoss
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import Any
 from lic.data import archive
 from lic.data.download import Remote, download, provenance
 from lic.data.fetch import FetchContext
-from lic.data.images import image_member, is_image_name
+from lic.data.rgb import image_member, is_image_name
 from lic.errors import LicError
 
 

@@ -16,10 +16,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lic.data import archive, checksums
+from lic.data import archive
+from lic.io import checksums
 from lic.data.download import DownloadError, Remote, download, provenance
 from lic.data.fetch import FetchContext, place
-from lic.data.images import image_member, is_image_name
+from lic.data.rgb import image_member, is_image_name
 from lic.errors import LicError
 
 HF_TERMS = "https://huggingface.co/datasets/ILSVRC/imagenet-1k"

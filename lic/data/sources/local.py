@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lic.data.fetch import FetchContext, place
-from lic.data.images import is_image_name
+from lic.data.rgb import is_image_name
 from lic.errors import LicError
 
 

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lic.data import checksums
+from lic.io import checksums
 from lic.data.fetch import FetchContext
 from lic.errors import LicError
 

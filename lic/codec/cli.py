@@ -47,8 +47,8 @@ def compress(
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF, PPM) into .lic files."""
     from lic.codec import bits_per_pixel, encode, open_image
-    from lic.data.images import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
-    from lic.resolve import resolve_model
+    from lic.data.rgb import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
+    from lic.codec.resolve import resolve_model
 
     sources = expand_inputs(inputs, IMAGE_SUFFIXES)
     jobs = plan_outputs(sources, LIC_SUFFIX, output, out_dir, force)
@@ -74,7 +74,7 @@ def decompress(
     from PIL import Image
 
     from lic.codec import bits_per_pixel, decode, read_header
-    from lic.resolve import resolve_model
+    from lic.codec.resolve import resolve_model
 
     sources = expand_inputs(inputs, (LIC_SUFFIX,))
     if model is None:
@@ -210,7 +210,7 @@ def _read(path: Path) -> bytes:
 
 def _write(target: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file beside the target, renamed into place only when complete."""
-    from lic.data.atomic import atomic_path
+    from lic.io.atomic import atomic_path
 
     try:
         with atomic_path(target) as tmp:
@@ -232,7 +232,7 @@ class _Totals:
 def _run(verb: str, jobs: list[tuple[Path, Path]], one: Callable[[Path, Path], tuple[int, float]]) -> None:
     """Apply `one` to every (source, target), with a progress bar, per-file errors and a summary table."""
     from lic.codec.images import ImageWarning
-    from lic.data.progress import counting, say
+    from lic.io.progress import counting, say
 
     totals, failures, start = _Totals(), [], time.perf_counter()
     progress = counting()
@@ -262,7 +262,7 @@ def _run(verb: str, jobs: list[tuple[Path, Path]], one: Callable[[Path, Path], t
 
 def _report_failures(failures: list[str], total: int) -> None:
     """One error line per failed file; the command then fails with a count (or that one error, if alone)."""
-    from lic.data.progress import say
+    from lic.io.progress import say
 
     if total == 1 and failures:
         raise LicError(failures[0])
