@@ -7,7 +7,6 @@ DataLoader processes) and deliver float32 batches in [0, 1] on the CPU through t
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from lic.data.loader import build_train_loader
 from lic.data.manifest import describe, write_table
 from lic.data.shards import build_shards
 from lic.data.sources.sample import _shipped_file
-from lic.params import load_params
+from lic.params import Params, load_params
 
 COPIES = 16  # of each photograph in the shards: 14 batches of 16 per pass at 256
 WORKERS = 2
@@ -32,30 +31,31 @@ HEADER = ["crop", "batch", "FFCV images/s", "PyTorch images/s", "FFCV / PyTorch"
           "PyTorch first epoch s"]  # fmt: skip
 
 
-def _shards(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _shards(folder: Path) -> tuple[Params, dict[str, Any]]:
     """Params pointing at fresh shards of the sample photographs in `folder`, and the shard metrics."""
-    params = load_params(ROOT / "params.yaml")
+    sample = load_params(ROOT / "params.yaml").data.sources["sample"]
     rows = []
-    for entry in params["data"]["sources"]["sample"]["train"]:
+    for entry in sample.train:
         path, _ = _shipped_file(entry)
         row = describe((str(path), 0), zooms=())
         row.update(path=str(path), source="sample", split="train", license="", dedup="kept")
         rows += [row] * COPIES
     write_table(pa.Table.from_pylist(rows, schema=MERGED_SCHEMA), folder / "train.parquet")
-    params["data"]["paths"]["train"] = str(folder / "train.parquet")
-    params["shards"].update(dir=str(folder / "shards"), metrics=str(folder / "shards.json"), validation_images=0)
-    params["shards"]["workers"] = WORKERS
+    shards = {"dir": str(folder / "shards"), "metrics": str(folder / "shards.json"), "validation_images": 0}
+    overrides = {"data.paths.train": str(folder / "train.parquet"), "shards.workers": WORKERS}
+    params = load_params(ROOT / "params.yaml", {**overrides, **{f"shards.{k}": v for k, v in shards.items()}})
     started = time.perf_counter()
     metrics = build_shards(params)
     metrics["write_s"] = time.perf_counter() - started
     return params, metrics
 
 
-def _measure(params: dict[str, Any], backend: str, side: int) -> dict[str, float]:
-    params = copy.deepcopy(params)
-    params["loader"].update(backend=backend, crop_mix={side: 1.0}, batch_size=BATCH, workers=WORKERS)
+def _measure(params: Params, backend: str, side: int) -> dict[str, float]:
+    config = params.loader.model_copy(
+        update={"backend": backend, "crop_mix": {side: 1.0}, "batch_size": BATCH, "workers": WORKERS}
+    )
     started = time.perf_counter()
-    loader = build_train_loader(params)
+    loader = build_train_loader(config, params.shards)
     crops = sum(len(batch) for batch in loader.epoch(0))
     first_s = time.perf_counter() - started
     started = time.perf_counter()

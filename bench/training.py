@@ -16,14 +16,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from bench.common import Section, table
 from lic.data.dedupe import run_dedupe
-from lic.data.fetch import active_sources, fetch_source
+from lic.data.fetch import fetch_source
 from lic.data.manifest import build_manifest
 from lic.data.shards import build_shards
-from lic.params import load_params
+from lic.params import Params, load_params
 from lic.train.driver import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,29 +47,33 @@ def _scratch_project(folder: Path) -> Iterator[None]:
         os.environ.update(saved_env)
 
 
-def _sample_shards(params: dict[str, Any]) -> None:
+def _sample_shards(params: Params) -> None:
     """fetch, manifest, dedupe and shard of the sample profile, as the DVC stages run them."""
-    for source in active_sources(params):
-        fetch_source(source, params)
-        build_manifest(source, params)
+    for source in params.active_sources:
+        fetch_source(params, source)
+        build_manifest(params, source)
     run_dedupe(params)
     build_shards(params)
 
 
 def run() -> Section:
-    params = load_params(ROOT / "params.yaml")
-    params["profile"] = "sample"
-    params["loader"]["crop_mix"] = {256: 1.0}
-    params["train"].update(steps={"sample": STEPS}, log_every=STEPS, val_every=STEPS, checkpoint_every=STEPS)
-    params["train"]["ray"].update(address=None, cpus_per_worker=1)
+    overrides = {
+        "profile": "sample",
+        "loader.crop_mix": {256: 1.0},
+        "train.steps": {"sample": STEPS},
+        **{f"train.{every}": STEPS for every in ("log_every", "val_every", "checkpoint_every")},
+        "train.ray.address": None,
+        "train.ray.cpus_per_worker": 1,
+    }
     results: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as folder, _scratch_project(Path(folder)):
+        params = load_params(ROOT / "params.yaml", overrides, env={})
         _sample_shards(params)
         for workers in WORKERS:
-            params["train"]["ray"]["num_workers"] = workers
+            params = load_params(ROOT / "params.yaml", {**overrides, "train.ray.num_workers": workers}, env={})
             out_dir = train(params, key=f"bench-{workers}-workers", lmbda=0.013)
             results[workers] = json.loads((out_dir / "metrics.json").read_text())
-    batch = params["loader"]["batch_size"][256]
+    batch = params.loader.batch_size[256]
     rows = []
     for workers, metrics in results.items():
         split = [metrics[f"mean_time_{phase}_s"] for phase in PHASES]
@@ -78,9 +81,9 @@ def run() -> Section:
             [workers, batch * workers, f"{metrics['mean_samples_per_s']:.2f}", f"{sum(split):.2f}",
              *(f"{seconds:.2f}" for seconds in split)]
         )  # fmt: skip
-    model = params["train"]["model"]
+    model = params.train.model
     markdown = (
-        f"{model['name']} {model['config']}, 256x256 crops, batch {batch} per worker, {STEPS} steps per run "
+        f"{model.name} {model.config}, 256x256 crops, batch {batch} per worker, {STEPS} steps per run "
         f"(means over the last {STEPS - 1}); Ray Train DDP (gloo), one CPU per worker.\n\n" + table(HEADER, rows)
     )
     return Section("Training throughput (Ray Train, CPU)", markdown, {"steps": STEPS, "runs": results})

@@ -19,6 +19,7 @@ from lic.errors import LicError
 from lic.models import ModelSpec, build
 
 FORMAT_VERSION = 1
+CHECKPOINT_FILE = "model.pt"  # a checkpoint's name wherever one is a folder's model: training outputs, pulled models
 
 
 def save_checkpoint(path: str | Path, model: CompressionModel, **metadata: Any) -> Path:

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from lic.errors import LicError
+from lic.params import Params
 
 
-def summary(params: dict[str, Any], root: Path = Path()) -> str:
-    report_dir = root / params["report"]["out_dir"]
-    record_path = root / params["registry"]["record"]
+def summary(params: Params, root: Path = Path()) -> str:
+    report_dir = root / params.report.out_dir
+    record_path = root / params.registry.record
     try:
         report = (report_dir / "report.md").read_text()
         registered = json.loads(record_path.read_text())

@@ -3,8 +3,7 @@
 import sys
 
 from lic.data.fetch import fetch_source
-from lic.params import load_params
 from pipelines.stage import run
 
 if __name__ == "__main__":
-    run(lambda: fetch_source(sys.argv[1], load_params()))
+    run(fetch_source, *sys.argv[1:])

@@ -3,8 +3,7 @@
 import sys
 
 from lic.data.manifest import build_manifest
-from lic.params import load_params
 from pipelines.stage import run
 
 if __name__ == "__main__":
-    run(lambda: build_manifest(sys.argv[1], load_params()))
+    run(build_manifest, *sys.argv[1:])

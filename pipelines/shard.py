@@ -1,8 +1,7 @@
-"""DVC stage shard: the training manifest becomes FFCV shards, their metadata and the validation list."""
+"""DVC stage shard: the deduplicated training images into the shard set."""
 
 from lic.data.shards import build_shards
-from lic.params import load_params
 from pipelines.stage import run
 
 if __name__ == "__main__":
-    run(lambda: build_shards(load_params()))
+    run(build_shards)

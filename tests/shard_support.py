@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from data_support import project_params
 from PIL import Image
 
 from lic.data.dedupe import MERGED_SCHEMA
 from lic.data.manifest import write_table
+from tests.data_support import project_params
 
 
 def coded_image(index: int, width: int, height: int) -> np.ndarray:

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from lic import codec
-from lic.codec import resolve
 from lic.cli import main
+from lic.codec import resolve
 from lic.codec.core import pad
 from lic.codec.determinism import deterministic
 from lic.codec.images import from_tensor, to_pixels, to_tensor

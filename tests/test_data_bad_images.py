@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from data_support import encode, photo, png16, project_params, run, write_params
 from PIL import Image
+
+from tests.data_support import encode, photo, png16, project_params, run, write_params
 
 # file -> (status, note) expected in the manifest
 EXPECTED = {

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from data_support import SKIMAGE_DATA, encode, photo, project_params
 from PIL import Image
 
 from lic.data.dedupe import run_dedupe
 from lic.data.fetch import fetch_source
 from lic.data.manifest import build_manifest
+from lic.params import parse_params
+from tests.data_support import SKIMAGE_DATA, encode, photo, project_params
 
 DISTINCT = [
     "brick.png", "camera.png", "cell.png", "clock_motion.png", "coins.png", "grass.png", "gravel.png",
@@ -66,10 +67,11 @@ def deduped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         data["sources"][name] = {"adapter": "local", "path": str(folder), "split": split, "license": "test"}
     data["profiles"]["test"] = ["a", "b", "eval"]
     params["profile"] = "test"
+    typed = parse_params(params)
     for name in folders:
-        fetch_source(name, params)
-        build_manifest(name, params)
-    run_dedupe(params)
+        fetch_source(typed, name)
+        build_manifest(typed, name)
+    run_dedupe(typed)
     return root, data["paths"]
 
 

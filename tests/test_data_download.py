@@ -10,11 +10,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from data_support import Served, encode, http_server, photo, project_params
 
 from lic.data.download import DownloadError, Remote, RetryPolicy, download
 from lic.data.fetch import fetch_source
 from lic.errors import LicError
+from lic.params import parse_params
+from tests.data_support import Served, encode, http_server, photo, project_params
 
 pytestmark = pytest.mark.integration
 FAST = RetryPolicy(retries=3, backoff_s=0.01, timeout_s=10)
@@ -91,7 +92,7 @@ def test_checksum_mismatch_fails_and_leaves_nothing_in_place(tmp_path: Path) -> 
     with http_server(Served(files={"/set.zip": archive})) as served:
         params = _http_source_params(tmp_path, [{"url": served.url("/set.zip"), "checksum": "sha256:" + "0" * 64}])
         with pytest.raises(LicError, match="checksum mismatch"):
-            fetch_source("web", params)
+            fetch_source(parse_params(params), "web")
     raw = Path(params["data"]["paths"]["raw"])
     assert not raw.exists() or list(raw.iterdir()) == []  # no source folder, no staging leftovers
     downloads = Path(params["data"]["paths"]["downloads"]) / "web"
@@ -114,7 +115,7 @@ def test_http_source_extracts_archives_and_places_single_images(tmp_path: Path) 
                 {"url": served.url("/kodim01.png")},
             ],
         )
-        dest = fetch_source("web", params)
+        dest = fetch_source(parse_params(params), "web")
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
         "source.json",
         "train/DIV/0001.png",
@@ -133,6 +134,6 @@ def test_vimeo_keeps_evenly_spaced_frames_of_listed_clips(tmp_path: Path) -> Non
     with http_server(Served(files={"/vimeo_septuplet.zip": _zip(members)})) as served:
         params = _http_source_params(tmp_path, [{"url": served.url("/vimeo_septuplet.zip")}])
         params["data"]["sources"]["web"].update(adapter="vimeo", frames_per_sequence=3, list="sep_trainlist.txt")
-        dest = fetch_source("web", params)
+        dest = fetch_source(parse_params(params), "web")
     kept = sorted(p.relative_to(dest / "train").as_posix() for p in (dest / "train").rglob("*.png"))
     assert kept == [f"{clip}/im{n}.png" for clip in ("00001/0001", "00002/0007") for n in (1, 4, 7)]

@@ -9,10 +9,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from data_support import Served, encode, http_server, photo, project_params, run, write_params
 
 from lic.data.fetch import fetch_source
 from lic.errors import LicError
+from lic.params import parse_params
+from tests.data_support import Served, encode, http_server, photo, project_params, run, write_params
 
 JPEG = encode(photo("rocket.jpg").resize((300, 200)), "JPEG")
 
@@ -49,12 +50,12 @@ def test_official_tars_are_checked_and_unpacked(tmp_path: Path) -> None:
     (local / "ILSVRC2012_img_train.tar").write_bytes(train)
     settings = params["data"]["sources"]["imagenet"]
     settings["checksums"]["ILSVRC2012_img_train.tar"] = "md5:" + hashlib.md5(train).hexdigest()
-    dest = fetch_source("imagenet", params, env={})
+    dest = fetch_source(parse_params(params), "imagenet", env={})
     assert _images(dest) == [f"train/train/{w}/{w}_{n}.JPEG" for w in ("n01", "n02") for n in (1, 2)]
 
     settings["checksums"]["ILSVRC2012_img_train.tar"] = "md5:" + "0" * 32
     with pytest.raises(LicError, match="checksum differs"):
-        fetch_source("imagenet", params, env={})
+        fetch_source(parse_params(params), "imagenet", env={})
     assert _images(dest) == [f"train/train/{w}/{w}_{n}.JPEG" for w in ("n01", "n02") for n in (1, 2)]  # untouched
 
 
@@ -65,7 +66,7 @@ def test_an_extracted_tree_is_used_as_it_is(tmp_path: Path) -> None:
     for relative in ("train/n01/a.JPEG", "val/ILSVRC2012_val_00000001.JPEG"):
         (local / relative).parent.mkdir(parents=True, exist_ok=True)
         (local / relative).write_bytes(JPEG)
-    dest = fetch_source("imagenet", params, env={})
+    dest = fetch_source(parse_params(params), "imagenet", env={})
     assert _images(dest) == ["train/train/n01/a.JPEG", "train/val/ILSVRC2012_val_00000001.JPEG"]
 
 
@@ -80,8 +81,8 @@ def test_hugging_face_download_sends_the_token_and_explains_a_refusal(tmp_path: 
         hub["url"] = served.url("/data")
         hub["files"]["train"] = ["train_images_0.tar.gz"]
         with pytest.raises(LicError, match=r"401.*huggingface.co/datasets/ILSVRC/imagenet-1k"):
-            fetch_source("imagenet", params, env={"HF_TOKEN": "hf_wrong"})
-        dest = fetch_source("imagenet", params, env={"HF_TOKEN": "hf_good"})
+            fetch_source(parse_params(params), "imagenet", env={"HF_TOKEN": "hf_wrong"})
+        dest = fetch_source(parse_params(params), "imagenet", env={"HF_TOKEN": "hf_good"})
     assert _images(dest) == ["train/train/n01_1_n01.JPEG", "train/train/n02_7_n02.JPEG"]
 
 

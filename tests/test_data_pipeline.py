@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from data_support import ROOT, dvc_project, run
-from servers import S3Server, moto_server
+
+from tests.data_support import ROOT, dvc_project, run
+from tests.servers import S3Server, moto_server
 
 DVC = [sys.executable, "-m", "dvc"]
 

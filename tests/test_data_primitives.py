@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from lic.data import archive
-from lic.io.atomic import staged_directory
 from lic.data.neighbours import Hashes, near_pairs
 from lic.data.sources.vimeo import frame_names
 from lic.errors import LicError
+from lic.io.atomic import staged_directory
 
 
 def test_a_failed_fetch_keeps_the_previous_tree_and_leaves_no_staging(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from lic.eval.evalset import load_eval_set
 from lic.eval.evaluate import evaluate_checkpoint
 from lic.eval.metrics import ms_ssim, psnr
 from lic.eval.reference import reference_points
+from lic.params import parse_params
 from tests.data_support import ROOT, dvc_project, photo, project_params, run, write_params
 from tests.eval_support import EVAL_CROPS, eval_images, eval_manifest, tiny_checkpoint
 
@@ -135,12 +136,11 @@ def second(manifest, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def anchors(manifest, tmp_path_factory):
-    qualities = {"qualities": [20, 80]}
-    params = {
-        "data": {"paths": {"eval": str(manifest)}},
-        "evaluate": {"out_dir": str(tmp_path_factory.mktemp("eval")), "anchors": dict.fromkeys(ANCHORS, qualities)},
-    }
-    return run_anchors(params)
+    params = project_params()
+    params["data"]["paths"]["eval"] = str(manifest)
+    qualities = {"qualities": [20, 80], "options": {}}
+    params["evaluate"].update(out_dir=str(tmp_path_factory.mktemp("eval")), anchors=dict.fromkeys(ANCHORS, qualities))
+    return run_anchors(parse_params(params))
 
 
 ANCHORS = ("jpeg", "webp", "avif")

@@ -2,7 +2,7 @@
 crop-size schedule, native-resolution crops from both backends, two gloo ranks splitting each pass, validation
 images and user errors.
 
-Run as a script, this file is one rank of the two-rank test: `python test_loader.py RANK WORLD PORT PARAMS OUT`.
+Run as a module, this file is one rank of the two-rank test: `python -m tests.test_loader RANK WORLD PORT PARAMS OUT`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from data_support import tool_env
 from PIL import Image
-from shard_support import coded_image, shard_params, write_training_manifest
 
 from lic.data.loader import TrainLoader, build_train_loader, crop_schedule, load_validation_images
 from lic.data.shards import build_shards
 from lic.errors import LicError
+from lic.params import parse_params
+from tests.data_support import ROOT, tool_env
+from tests.shard_support import coded_image, shard_params, write_training_manifest
 
 # (width, height) of image i: even ones allow 512 crops, odd ones only 256
 SIZES = [(600, 530) if i % 2 == 0 else (300 + 10 * i, 270) for i in range(18)]
@@ -43,7 +44,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
         Image.fromarray(coded_image(index, width, height)).save(paths[-1], compress_level=1)
     write_training_manifest(root / "train.parquet", paths)
     params = shard_params(root, validation_images=2)
-    build_shards(params)
+    build_shards(parse_params(params))
     # one thread: numba compiles the serial pipeline faster, and test_shards covers two threads
     params["loader"].update(crop_mix={256: 0.5, 512: 0.5}, batch_size=BATCH, workers=1)
     return params
@@ -52,7 +53,13 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def ffcv_loader(shards: dict) -> TrainLoader:
     """One FFCV loader for the module: its first epoch pays numba's compilation."""
-    return build_train_loader(shards, seed=1)
+    return loader_of(shards, seed=1)
+
+
+def loader_of(raw: dict, **options: object) -> TrainLoader:
+    """The training loader of a params mapping (validated as load_params would)."""
+    params = parse_params(raw)
+    return build_train_loader(params.loader, params.shards, **options)
 
 
 def validation_paths(params: dict) -> list[str]:
@@ -114,7 +121,7 @@ def test_ffcv_batches_are_native_crops_in_the_scheduled_sizes(ffcv_loader: Train
 def test_pytorch_fallback_gives_the_same_kind_of_batches(ffcv_loader: TrainLoader, shards: dict) -> None:
     params = copy.deepcopy(shards)
     params["loader"].update(backend="pytorch", workers=1)
-    loader = build_train_loader(params, seed=1)
+    loader = loader_of(params, seed=1)
     assert (loader.crop_sizes, len(loader), loader.schedule(0)) == (
         ffcv_loader.crop_sizes, len(ffcv_loader), ffcv_loader.schedule(0)
     )  # fmt: skip
@@ -126,16 +133,16 @@ def test_pytorch_fallback_gives_the_same_kind_of_batches(ffcv_loader: TrainLoade
 def test_albumentations_transforms_apply_to_both_backends_alike(shards: dict) -> None:
     params = copy.deepcopy(shards)
     params["loader"].update(backend="pytorch", workers=0, flip=False, augment=[{"VerticalFlip": {"p": 1.0}}])
-    batch = next(build_train_loader(params).epoch(0))
+    batch = next(loader_of(params).epoch(0))
     rows = (batch[0, 0] * 255).round().to(torch.int64)
     assert torch.all((rows[:-1] - rows[1:]) % 256 == 1)  # upside down
     params["loader"]["augment"] = [{"NoSuchTransform": {}}]
     with pytest.raises(LicError, match="albumentations has no transform 'NoSuchTransform'"):
-        build_train_loader(params)
+        loader_of(params)
 
 
 def test_validation_images_are_the_held_out_ones_cropped_to_multiples_of_64(shards: dict) -> None:
-    images = load_validation_images(shards)
+    images = load_validation_images(parse_params(shards).loader, parse_params(shards).shards)
     assert len(images) == 2
     for image, path in zip(images, validation_paths(shards), strict=True):
         index = int(Path(path).stem[-2:])
@@ -150,18 +157,18 @@ def test_bad_settings_are_user_errors(shards: dict) -> None:
         params = copy.deepcopy(shards)
         params["loader"].update(loader)
         with pytest.raises(LicError, match=match):
-            build_train_loader(params, seed=seed, world_size=world_size)
+            loader_of(params, seed=seed, world_size=world_size)
 
-    fails("add up to 1", crop_mix={256: 0.5, 512: 0.6})
-    fails("no positive batch size for crop size 384", crop_mix={256: 0.5, 384: 0.5})
+    fails("loader.crop_mix .*add up to 1", crop_mix={256: 0.5, 512: 0.6})
+    fails("loader.batch_size .*no positive batch size for crop size 384", crop_mix={256: 0.5, 384: 0.5})
     fails(r"\d training images allow a 512x512 crop, but a batch of 10", batch_size={256: 2, 512: 10})
-    fails("loader.backend must be one of ffcv, pytorch", backend="dali")
+    fails("loader.backend = 'dali': Input should be 'ffcv' or 'pytorch'", backend="dali")
     fails("needs torch.distributed initialised", world_size=2)
     fails("need seed >= 0", seed=-1)
     missing = copy.deepcopy(shards)
     missing["shards"]["dir"] = "/nonexistent/shards"
     with pytest.raises(LicError, match="run `dvc repro shard`"):
-        build_train_loader(missing)
+        loader_of(missing)
 
 
 def _free_port() -> int:
@@ -181,8 +188,18 @@ def test_two_gloo_ranks_split_every_pass_and_together_cover_it(shards: dict, tmp
     port = str(_free_port())
     ranks = [
         subprocess.Popen(
-            [sys.executable, __file__, str(rank), "2", port, str(params_path), str(tmp_path / f"rank{rank}.json")],
+            [
+                sys.executable,
+                "-m",
+                "tests.test_loader",
+                str(rank),
+                "2",
+                port,
+                str(params_path),
+                str(tmp_path / f"rank{rank}.json"),
+            ],
             env=tool_env(),
+            cwd=ROOT,
         )
         for rank in range(2)
     ]

@@ -8,8 +8,8 @@ from skimage import data
 
 from lic import codec
 from lic.codec.determinism import deterministic
-from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.models import build
+from lic.train.objective import RateDistortionLoss, make_optimizers
 
 STEPS = 300
 STREAM_OVERHEAD_BYTES = 16  # rANS state flush and alignment, per stream

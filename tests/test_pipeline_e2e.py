@@ -19,9 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from data_support import ROOT, tool_env
 from mlflow import MlflowClient
-from servers import S3Server
 
 from lic.checkpoint import load_checkpoint
 from lic.io.checksums import file_digest
@@ -29,6 +27,8 @@ from lic.registry.naming import registered_name
 from lic.registry.promotion import CANDIDATE, CHAMPION
 from lic.stack.local import CHECKPOINTS, Stack
 from lic.stack.processes import Process, free_port
+from tests.data_support import ROOT, tool_env
+from tests.servers import S3Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline, pytest.mark.timeout(2400)]
 

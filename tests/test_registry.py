@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 from lic import codec
 from lic.checkpoint import load_checkpoint
 from lic.cli import app
-from lic.io.checksums import file_digest
 from lic.errors import LicError
 from lic.eval.evaluate import evaluate_checkpoint
+from lic.io.checksums import file_digest
 from lic.registry import fetch_checkpoint, pull, register_checkpoint
 from tests.eval_support import eval_images, eval_manifest, tiny_checkpoint
 from tests.servers import free_port, mlflow_model_server, mlflow_server, moto_server

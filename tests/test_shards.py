@@ -15,16 +15,16 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
-from data_support import dvc_project, project_params, run, write_params
 from ffcv.reader import Reader
 from PIL import Image
-from shard_support import coded_image, shard_params, write_training_manifest
 
 from lic.data.beton import CUSTOM_FIELDS, FFCV_PAGE_SIZE, check_pixels
 from lic.data.loader import build_train_loader
 from lic.data.shards import ShardSample, build_shards, read_pixels
 from lic.errors import LicError
-from lic.params import load_params
+from lic.params import load_params, parse_params
+from tests.data_support import dvc_project, project_params, run, write_params
+from tests.shard_support import coded_image, shard_params, write_training_manifest
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -86,10 +86,9 @@ def test_sample_profile_shards_hold_every_training_image_raw_or_as_its_own_forma
 
 
 def test_loader_mixes_256_and_512_crops_of_the_sample_in_the_configured_ratio(project: Path) -> None:
-    params = load_params(project / "params.yaml")
-    params["shards"].update(dir=str(project / "data/shards"))
-    params["loader"].update(workers=2)  # the default's crop_mix, 256: 0.8 and 512: 0.2
-    loader = build_train_loader(params, seed=7)
+    params = load_params(project / "params.yaml", overrides={"shards.dir": str(project / "data/shards")})
+    assert params.loader.workers == 2  # and the default's crop_mix, 256: 0.8 and 512: 0.2
+    loader = build_train_loader(params.loader, params.shards, seed=7)
     assert loader.crop_sizes == (256, 512)
     assert len(loader) == 6  # 11 images / (0.8 * 2 + 0.2 * 1) crops per step
     sizes = Counter()
@@ -121,7 +120,7 @@ def test_an_image_bigger_than_ffcv_default_page_is_stored_whole(tmp_path: Path) 
     Image.fromarray(coded_image(2, 300, 260)).save(small, quality=80)
     write_training_manifest(tmp_path / "train.parquet", [big, small])
     params = shard_params(tmp_path, validation_images=0, max_resolution=4096, jpeg_quality=None)
-    metrics = build_shards(params)
+    metrics = build_shards(parse_params(params))
     assert metrics["page_size"] == 16 * 2**20
     assert metrics["total"]["raw"] == 2  # jpeg_quality null: JPEG files are stored raw too
     stored = stored_images(tmp_path / "shards/train.beton")
@@ -138,7 +137,7 @@ def test_a_broken_file_stops_the_writer_at_once_with_its_path(tmp_path: Path) ->
     paths[3].write_bytes(paths[3].read_bytes()[:-200])  # truncated after the manifest described it
     before, started = {p.pid for p in psutil.Process().children(recursive=True)}, time.monotonic()
     with pytest.raises(LicError, match=r"image3\.png: truncated or corrupt"):
-        build_shards(shard_params(tmp_path, validation_images=0, stall_timeout_s=60))
+        build_shards(parse_params(shard_params(tmp_path, validation_images=0, stall_timeout_s=60)))
     assert time.monotonic() - started < 30  # the failure is reported, not waited out
     assert not (tmp_path / "shards").exists()  # nor is anything half-written left
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]

@@ -15,12 +15,13 @@ import yaml
 from skimage import data
 
 from lic import codec
-from lic.checkpoint import load_checkpoint
+from lic.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lic.errors import LicError
-from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.models import build
-from lic.train.resume import MODEL, restore_checkpoint, write_checkpoint
+from lic.params import parse_params
 from lic.train.loop import Meter
+from lic.train.objective import RateDistortionLoss, make_optimizers
+from lic.train.resume import restore_checkpoint, write_checkpoint
 from lic.train.schedule import learning_rate
 from lic.train.settings import UNVERSIONED, Optimisation, resolve, tracking_uri
 from lic.train.validation import validate
@@ -34,9 +35,12 @@ def params(project_root) -> dict:
 
 
 def test_run_name_follows_what_shapes_the_weights_but_not_the_step_budget(params, tmp_path) -> None:
-    base = resolve(params, "l0130", root=tmp_path)
+    base = resolve(parse_params(params), "l0130", root=tmp_path)
     assert base.lmbda == params["lambdas"]["l0130"]["lmbda"] and base.metric == "mse"
-    assert base.run_name.startswith("l0130-") and base.run_name == resolve(params, "l0130", root=tmp_path).run_name
+    assert (
+        base.run_name.startswith("l0130-")
+        and base.run_name == resolve(parse_params(params), "l0130", root=tmp_path).run_name
+    )
     assert base.out_dir == str(tmp_path / "outputs/train/l0130")
     assert base.storage_path == str(tmp_path / "outputs/train/runs")
     assert base.data_version == UNVERSIONED  # no dvc.lock in tmp_path
@@ -45,20 +49,20 @@ def test_run_name_follows_what_shapes_the_weights_but_not_the_step_budget(params
     more_steps["train"]["steps"]["sample"] += 10
     more_threads = copy.deepcopy(params)
     more_threads["loader"]["workers"] += 1
-    assert resolve(more_steps, "l0130", root=tmp_path).run_name == base.run_name
-    assert resolve(more_threads, "l0130", root=tmp_path).run_name == base.run_name
-    assert resolve(params, "l0130", lmbda=0.02, root=tmp_path).run_name != base.run_name
-    assert resolve(params, "l0130", metric="ms-ssim", root=tmp_path).run_name != base.run_name
+    assert resolve(parse_params(more_steps), "l0130", root=tmp_path).run_name == base.run_name
+    assert resolve(parse_params(more_threads), "l0130", root=tmp_path).run_name == base.run_name
+    assert resolve(parse_params(params), "l0130", lmbda=0.02, root=tmp_path).run_name != base.run_name
+    assert resolve(parse_params(params), "l0130", metric="ms-ssim", root=tmp_path).run_name != base.run_name
 
     (tmp_path / "dvc.lock").write_text(
         yaml.safe_dump({"stages": {"shard": {"outs": [{"path": params["shards"]["dir"], "md5": "abc.dir"}]}}})
     )
-    versioned = resolve(params, "l0130", root=tmp_path)
+    versioned = resolve(parse_params(params), "l0130", root=tmp_path)
     assert versioned.data_version == "abc.dir" and versioned.run_name != base.run_name
 
 
 def test_an_explicit_lambda_without_a_table_entry_gets_its_own_key(params, tmp_path) -> None:
-    settings = resolve(params, lmbda=0.0067, metric="ms-ssim", root=tmp_path)
+    settings = resolve(parse_params(params), lmbda=0.0067, metric="ms-ssim", root=tmp_path)
     assert (settings.key, settings.lmbda, settings.metric) == ("ms-ssim-0.0067", 0.0067, "ms-ssim")
 
 
@@ -73,14 +77,14 @@ def test_an_explicit_lambda_without_a_table_entry_gets_its_own_key(params, tmp_p
 )
 def test_bad_settings_are_user_errors(params, tmp_path, key, overrides, message) -> None:
     with pytest.raises(LicError, match=message):
-        resolve(params, key, root=tmp_path, **overrides)
+        resolve(parse_params(params), key, root=tmp_path, **overrides)
 
 
 def test_training_without_validation_images_is_a_user_error(params, tmp_path) -> None:
     no_validation = copy.deepcopy(params)
     no_validation["shards"]["validation_images"] = 0
     with pytest.raises(LicError, match="validation_images"):
-        resolve(no_validation, "l0130", root=tmp_path)
+        resolve(parse_params(no_validation), "l0130", root=tmp_path)
 
 
 def test_tracking_defaults_to_sqlite_at_the_project_root(tmp_path, monkeypatch) -> None:
@@ -120,7 +124,7 @@ def test_checkpoint_round_trip_restores_weights_optimisers_and_step(tmp_path) ->
     assert str(optimizer2.state_dict()) == str(optimizer.state_dict())
     assert str(aux_optimizer2.state_dict()) == str(aux_optimizer.state_dict())
 
-    loaded, metadata = load_checkpoint(tmp_path / MODEL)  # the stage output is a plain lic checkpoint
+    loaded, metadata = load_checkpoint(tmp_path / CHECKPOINT_FILE)  # the stage output is a plain lic checkpoint
     assert metadata == {"step": 7, "lmbda": 0.01, "metric": "mse"}
     assert codec.decompress(loaded, codec.compress(loaded, x)).shape == x.shape  # CDF tables were updated
 

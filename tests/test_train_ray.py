@@ -22,14 +22,15 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
-from data_support import ROOT, dvc_project, project_params, run, tool_env, write_params
 from mlflow import MlflowClient
-from servers import mlflow_server, moto_server, ray_cluster
 
 from lic.checkpoint import load_checkpoint, read_checkpoint
+from tests.data_support import ROOT, dvc_project, project_params, run, tool_env, write_params
+from tests.servers import mlflow_server, moto_server, ray_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -134,22 +135,22 @@ def test_a_killed_worker_and_an_interrupted_driver_both_resume_from_the_latest_s
     config.write_text(yaml.safe_dump(params, sort_keys=False))
     command = [sys.executable, "-m", "lic.cli", "train", "--key", "l0130", "--config", str(config)]
 
-    # First driver: rank 1 kills itself at step 3 (checkpoint 2 exists); the restarted group goes on from 2.
-    # The test interrupts the driver once checkpoint 4 is recorded.
+    # First driver: once checkpoint 2 is recorded, the test kills a training worker (SIGKILL, as a lost node would
+    # be); the restarted group goes on from 2. The test interrupts the driver once checkpoint 4 is recorded.
     log = project / "first-driver.log"
     with log.open("w") as out:
         driver = subprocess.Popen(
-            command, cwd=project, env={**env, "LIC_TRAIN_FAIL_AT_STEP": "3"}, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+            command, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
+            wait_for_checkpoint(s3, driver, log, step=2, timeout_s=900)
+            kill_one_training_worker()
             run_prefix = wait_for_checkpoint(s3, driver, log, step=4, timeout_s=900)
         finally:
             if driver.poll() is None:
                 os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C: the driver stops, Ray ends the run's workers
             driver.wait(timeout=120)
     text = log.read_text()
-    assert "LIC_TRAIN_FAIL_AT_STEP: rank 1 kills itself at step 3" in text
     assert "steps 2 -> 8" in text  # the restarted worker group began at checkpoint 2
     assert not (project / "outputs/train/l0130/metrics.json").exists() or final_metrics(project, "l0130")["step"] < 8
 
@@ -176,6 +177,18 @@ def test_a_killed_worker_and_an_interrupted_driver_both_resume_from_the_latest_s
     history = client.get_metric_history(metadata["mlflow_run_id"], "loss")
     assert {m.step for m in history} == set(range(1, 9))  # one MLflow run across the restart and the re-run
     assert mlflow_run(client, metadata["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def kill_one_training_worker() -> None:
+    """SIGKILL the newest Ray Train worker process of this machine (Ray names them `ray::RayTrainWorker...`)."""
+    workers = [p for p in psutil.process_iter(["name", "cmdline", "create_time"]) if _is_train_worker(p)]
+    assert workers, "no Ray Train worker process found"
+    max(workers, key=lambda p: p.info["create_time"]).kill()
+
+
+def _is_train_worker(process: psutil.Process) -> bool:
+    title = " ".join(process.info["cmdline"] or []) or process.info["name"] or ""
+    return "RayTrainWorker" in title
 
 
 def wait_for_checkpoint(s3, driver: subprocess.Popen, log: Path, step: int, timeout_s: float) -> str:

@@ -47,8 +47,8 @@ def compress(
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF, PPM) into .lic files."""
     from lic.codec import bits_per_pixel, encode, open_image
-    from lic.data.rgb import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
     from lic.codec.resolve import resolve_model
+    from lic.data.rgb import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
 
     sources = expand_inputs(inputs, IMAGE_SUFFIXES)
     jobs = plan_outputs(sources, LIC_SUFFIX, output, out_dir, force)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 from compressai.models import CompressionModel
 
-from lic.checkpoint import load_checkpoint
+from lic.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lic.errors import LicError
 
 REGISTRY_SCHEMES = ("models:/", "runs:/")
-CHECKPOINT_NAME = "model.pt"  # what `lic pull` puts at the top of a pulled model folder
 
 
 def resolve_model(ref: str) -> CompressionModel:
@@ -35,11 +34,11 @@ def checkpoint_path(ref: str) -> Path:
         return Path(fetch_checkpoint(ref))
     path = Path(ref).expanduser()
     if path.is_dir():
-        path = path / CHECKPOINT_NAME
+        path = path / CHECKPOINT_FILE
         if not path.is_file():
-            raise LicError(f"{ref}: folder has no {CHECKPOINT_NAME} (expected a checkpoint or a pulled model)")
+            raise LicError(f"{ref}: folder has no {CHECKPOINT_FILE} (expected a checkpoint or a pulled model)")
     elif not path.is_file():
         raise LicError(
-            f"unknown model {ref!r}: not a checkpoint file, a folder with {CHECKPOINT_NAME}, or a models:/ URI"
+            f"unknown model {ref!r}: not a checkpoint file, a folder with {CHECKPOINT_FILE}, or a models:/ URI"
         )
     return path

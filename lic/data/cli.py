@@ -24,7 +24,7 @@ def fetch(
     from lic.data.fetch import fetch_source
     from lic.params import load_params
 
-    typer.echo(fetch_source(source, load_params(params)))
+    typer.echo(fetch_source(load_params(params), source))
 
 
 @app.command()
@@ -36,7 +36,7 @@ def manifest(
     from lic.data.manifest import build_manifest
     from lic.params import load_params
 
-    typer.echo(build_manifest(source, load_params(params)))
+    typer.echo(build_manifest(load_params(params), source))
 
 
 @app.command()

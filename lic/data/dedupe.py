@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lic.data import report
-from lic.io.atomic import write_text
-from lic.data.fetch import active_sources
 from lic.data.manifest import FIELDS, SCHEMA_VERSION, manifest_path, read_manifest, write_table
 from lic.data.neighbours import Hashes, near_pairs
+from lic.io.atomic import write_text
 from lic.io.progress import say
+from lic.params import Params
 
 KEPT, LEAKAGE, EXACT, NEAR = "kept", "leakage", "exact duplicate", "near duplicate"
 DEDUP_FIELDS = [
@@ -36,21 +36,21 @@ DEDUP_FIELDS = [
 MERGED_SCHEMA = pa.schema(FIELDS + DEDUP_FIELDS, metadata={"lic.manifest": SCHEMA_VERSION})
 
 
-def run_dedupe(params: dict[str, Any]) -> dict[str, Any]:
+def run_dedupe(params: Params) -> dict[str, Any]:
     """Write the merged, training and evaluation manifests, the metrics JSON and the report; return the metrics."""
-    data = params["data"]
-    sources = active_sources(params)
-    merged = pa.concat_tables([read_manifest(manifest_path(params, source)) for source in sources])
-    thresholds = data["dedupe"]
-    merged = decide(merged, sources, int(thresholds["near_threshold"]), int(thresholds["leakage_threshold"]))
-    paths = {key: Path(value) for key, value in data["paths"].items()}
+    data = params.data
+    sources = params.active_sources
+    merged = pa.concat_tables([read_manifest(manifest_path(data, source)) for source in sources])
+    thresholds = data.dedupe
+    merged = decide(merged, sources, thresholds.near_threshold, thresholds.leakage_threshold)
+    paths = {key: Path(value) for key, value in data.paths.model_dump().items()}
     write_table(merged, paths["merged"])
     write_table(merged.filter(pc.equal(merged["dedup"], KEPT)), paths["train"])
     evaluation = pc.and_(pc.equal(merged["split"], "eval"), pc.equal(merged["status"], "ok"))
     write_table(merged.filter(evaluation), paths["eval"])
     metrics = report.metrics(merged, sources)
     write_text(paths["metrics"], report.to_json(metrics))
-    write_text(paths["report"], report.markdown(merged, metrics, params["profile"], thresholds))
+    write_text(paths["report"], report.markdown(merged, metrics, params.profile, thresholds.model_dump()))
     say(report.summary_table(metrics))
     return metrics
 

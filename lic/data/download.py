@@ -20,9 +20,10 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
+from lic.errors import LicError
 from lic.io import checksums
 from lic.io.progress import say, transferring
-from lic.errors import LicError
+from lic.params import Download, KaggleMirror, RemoteFile
 
 # Statuses worth another attempt: the server is busy or briefly broken, not refusing this request for good.
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -47,17 +48,13 @@ class _TransientError(Exception):
 class RetryPolicy:
     """How hard to try: attempts after the first, back-off base and the socket timeout (params: data.download)."""
 
-    retries: int = 5
-    backoff_s: float = 2.0
-    timeout_s: float = 60.0
+    retries: int
+    backoff_s: float
+    timeout_s: float
 
     @classmethod
-    def from_params(cls, download: Mapping[str, Any]) -> RetryPolicy:
-        return cls(
-            retries=int(download["retries"]),
-            backoff_s=float(download["backoff_s"]),
-            timeout_s=float(download["timeout_s"]),
-        )
+    def from_params(cls, download: Download) -> RetryPolicy:
+        return cls(retries=download.retries, backoff_s=download.backoff_s, timeout_s=download.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -73,14 +70,10 @@ class Remote:
     name: str | None = None
 
     @classmethod
-    def from_params(cls, entry: Mapping[str, Any]) -> Remote:
-        size = entry.get("size")
-        return cls(
-            url=entry["url"],
-            size=None if size is None else int(size),
-            checksum=entry.get("checksum"),
-            name=entry.get("name"),
-        )
+    def from_params(cls, entry: RemoteFile | KaggleMirror) -> Remote:
+        if isinstance(entry, KaggleMirror):
+            return cls(url=entry.url, name=entry.name)
+        return cls(url=entry.url, size=entry.size, checksum=entry.checksum)
 
     @property
     def filename(self) -> str:

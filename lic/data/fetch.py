@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lic.errors import LicError
 from lic.io.atomic import staged_directory
 from lic.io.progress import say
-from lic.errors import LicError
+from lic.params import Params
 
 if TYPE_CHECKING:  # imported for real only by active sources, so inactive and offline ones stay cheap
     from lic.data.download import RetryPolicy
@@ -38,44 +39,33 @@ class FetchContext:
     env: Mapping[str, str]
 
 
-def active_sources(params: dict[str, Any]) -> list[str]:
-    """The sources of the active profile, in preference order (dedup keeps the copy from the earliest)."""
-    data, profile = params["data"], params["profile"]
-    if profile not in data["profiles"]:
-        raise LicError(f"profile {profile!r} is not in data.profiles (known: {', '.join(data['profiles'])})")
-    unknown = [name for name in data["profiles"][profile] if name not in data["sources"]]
-    if unknown:
-        raise LicError(f"profile {profile!r} names sources missing from data.sources: {', '.join(unknown)}")
-    return list(data["profiles"][profile])
-
-
-def fetch_source(source: str, params: dict[str, Any], env: Mapping[str, str] | None = None) -> Path:
+def fetch_source(params: Params, source: str, env: Mapping[str, str] | None = None) -> Path:
     """Obtain, verify and place one source under data/raw/<source>; return that folder."""
-    data = params["data"]
-    if source not in data["sources"]:
-        raise LicError(f"unknown source {source!r}; data.sources has: {', '.join(data['sources'])}")
-    settings = data["sources"][source]
-    active = source in active_sources(params)
-    dest = Path(data["paths"]["raw"]) / source
-    downloads = Path(data["paths"]["downloads"]) / source
+    data = params.data
+    if source not in data.sources:
+        raise LicError(f"unknown source {source!r}; data.sources has: {', '.join(data.sources)}")
+    settings = data.sources[source]
+    active = source in params.active_sources
+    dest = Path(data.paths.raw) / source
+    downloads = Path(data.paths.downloads) / source
     info: dict[str, Any] = {
         "source": source,
-        "adapter": settings["adapter"],
+        "adapter": settings.adapter,
         "active": active,
-        "profile": params["profile"],
-        "license": settings["license"],
+        "profile": params.profile,
+        "license": settings.license,
     }
     with staged_directory(dest) as staging:
         if active:
             from lic.data.download import RetryPolicy
 
             environment = os.environ if env is None else env
-            context = FetchContext(downloads, RetryPolicy.from_params(data["download"]), environment)
-            info.update(adapter(settings["adapter"])(settings, staging, context))
+            context = FetchContext(downloads, RetryPolicy.from_params(data.download), environment)
+            info.update(adapter(settings.adapter)(settings, staging, context))
         else:
-            say(f"{source}: not in profile {params['profile']!r}, recorded as inactive")
+            say(f"{source}: not in profile {params.profile!r}, recorded as inactive")
         (staging / SOURCE_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    if active and not data["download"]["keep_archives"]:
+    if active and not data.download.keep_archives:
         shutil.rmtree(downloads, ignore_errors=True)
     return dest
 

@@ -25,13 +25,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lic.codec.core import PAD_MULTIPLE
 from lic.data.dedupe import MERGED_SCHEMA
 from lic.data.manifest import read_manifest
 from lic.data.shards import METADATA_SCHEMA, ShardFiles, read_pixels
 from lic.errors import LicError
-
-BACKENDS = ("ffcv", "pytorch")
-MODEL_STRIDE = 64  # the model's total downsampling: validation images are cropped to multiples of it
+from lic.params import Loader, Shards
 
 
 class CropSource(Protocol):
@@ -113,20 +112,21 @@ def crop_schedule(mix: dict[int, float], steps: int, seed: int, epoch: int) -> l
 
 
 def build_train_loader(
-    params: dict[str, Any],
+    config: Loader,
+    shards: Shards,
     *,
     rank: int = 0,
     world_size: int = 1,
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> TrainLoader:
-    """The loader `params['loader']` describes over the shards; `world_size > 1` needs torch.distributed
+    """The loader `config` describes over the shard set `shards`; `world_size > 1` needs torch.distributed
     initialised (with that size and this rank)."""
-    config = params["loader"]
-    mix, batch_sizes = crop_plan(config)
+    mix = config.crops
+    batch_sizes = {side: config.batch_size[side] for side in mix}
     _check_ranks(rank, world_size, seed)
-    max_side = int(params["shards"]["max_resolution"])
-    files = ShardFiles.of(params)
+    max_side = shards.max_resolution
+    files = ShardFiles.of(shards)
     metadata = _read_shard_table(files.metadata, METADATA_SCHEMA).to_pydict()
     short_sides = np.minimum(metadata["width"], metadata["height"])
     indices = {side: np.flatnonzero(short_sides >= side) for side in mix}
@@ -137,8 +137,8 @@ def build_train_loader(
                 f"{world_size} rank(s) needs {batch_sizes[side] * world_size}: give loader.crop_mix {side}: 0 or "
                 "a smaller loader.batch_size"
             )
-    backend = config["backend"]
-    workers = int(config["workers"])
+    backend = config.backend
+    workers = config.workers
     device = torch.device(device)
     if backend == "ffcv":
         sources = _ffcv_sources(files.beton, indices, batch_sizes, workers, seed, world_size)
@@ -156,27 +156,10 @@ def build_train_loader(
             )
             for side, eligible in indices.items()
         }
-    else:
-        raise LicError(f"loader.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     images_per_rank = math.ceil(len(indices[min(mix)]) / world_size)  # the smallest crop can use every image
     steps = max(1, round(images_per_rank / sum(mix[side] * batch_sizes[side] for side in mix)))
-    augment = build_augment(config.get("augment") or [], seed=seed, rank=rank)
-    return TrainLoader(
-        sources, mix, steps, device=device, seed=seed, rank=rank, flip=bool(config["flip"]), augment=augment
-    )
-
-
-def crop_plan(config: dict[str, Any]) -> tuple[dict[int, float], dict[int, int]]:
-    """(share of batches, batch size) per crop size with a positive share, checked."""
-    mix = {int(side): float(share) for side, share in config["crop_mix"].items()}
-    if not mix or any(share < 0 for share in mix.values()) or not math.isclose(sum(mix.values()), 1.0):
-        raise LicError(f"loader.crop_mix needs non-negative shares that add up to 1, got {config['crop_mix']}")
-    mix = {side: share for side, share in mix.items() if share > 0}
-    batch_sizes = {int(side): int(size) for side, size in config["batch_size"].items()}
-    for side in mix:
-        if batch_sizes.get(side, 0) < 1:
-            raise LicError(f"loader.batch_size has no positive batch size for crop size {side}")
-    return mix, {side: batch_sizes[side] for side in mix}
+    augment = build_augment(config.augment, seed=seed, rank=rank)
+    return TrainLoader(sources, mix, steps, device=device, seed=seed, rank=rank, flip=config.flip, augment=augment)
 
 
 def _check_ranks(rank: int, world_size: int, seed: int) -> None:
@@ -263,15 +246,16 @@ def build_augment(specs: list[dict[str, Any]], *, seed: int, rank: int) -> Calla
     return albumentations.Compose(transforms, seed=int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
 
 
-def load_validation_images(params: dict[str, Any]) -> list[torch.Tensor]:
+def load_validation_images(config: Loader, shards: Shards) -> list[torch.Tensor]:
     """The held-out training images as 1 x 3 x H x W float32 in [0, 1]: decoded and capped as the shards store
-    them, then centre-cropped to multiples of 64 and to at most `loader.validation_crop` per side (null: no cap)."""
-    cap = params["loader"]["validation_crop"]
-    max_side = int(params["shards"]["max_resolution"])
+    them, then centre-cropped to multiples of the model's stride and to at most `loader.validation_crop` per side
+    (null: no cap)."""
+    cap = config.validation_crop
+    max_side = shards.max_resolution
     images = []
-    for path in _read_shard_table(ShardFiles.of(params).validation, MERGED_SCHEMA)["path"].to_pylist():
+    for path in _read_shard_table(ShardFiles.of(shards).validation, MERGED_SCHEMA)["path"].to_pylist():
         pixels = read_pixels(path, max_side)
-        height, width = (min(side, cap or side) // MODEL_STRIDE * MODEL_STRIDE for side in pixels.shape[:2])
+        height, width = (min(side, cap or side) // PAD_MULTIPLE * PAD_MULTIPLE for side in pixels.shape[:2])
         top, left = (pixels.shape[0] - height) // 2, (pixels.shape[1] - width) // 2
         crop = torch.from_numpy(pixels[top : top + height, left : left + width].copy())
         images.append(crop.permute(2, 0, 1).unsqueeze(0).to(torch.float32, memory_format=torch.contiguous_format) / 255)

@@ -18,12 +18,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lic.io.atomic import atomic_path
 from lic.data.fetch import read_source_info
 from lic.data.hashing import perceptual_hashes, pixel_sha256
 from lic.data.rgb import UnusableImageError, load_rgb
-from lic.io.progress import counting, say
 from lic.errors import LicError
+from lic.io.atomic import atomic_path
+from lic.io.progress import counting, say
+from lic.params import Data, Params
 
 SPLITS = ("train", "eval")
 SCHEMA_VERSION = "1"
@@ -45,22 +46,22 @@ FIELDS = [
 SCHEMA = pa.schema(FIELDS, metadata={"lic.manifest": SCHEMA_VERSION})
 
 
-def manifest_path(params: dict[str, Any], source: str) -> Path:
-    return Path(params["data"]["paths"]["source_manifests"]) / f"{source}.parquet"
+def manifest_path(data: Data, source: str) -> Path:
+    return Path(data.paths.source_manifests) / f"{source}.parquet"
 
 
-def build_manifest(source: str, params: dict[str, Any]) -> Path:
+def build_manifest(params: Params, source: str) -> Path:
     """Describe every file fetch@<source> placed, in parallel, and write data/manifests/sources/<source>.parquet."""
-    data = params["data"]
-    raw = Path(data["paths"]["raw"]) / source
+    data = params.data
+    raw = Path(data.paths.raw) / source
     info = read_source_info(raw)
     files = [path for split in SPLITS for path in sorted((raw / split).rglob("*")) if path.is_file()]
     if not info["active"]:
         files = []
     license_of = info.get("licenses", {})
-    tasks = [(path.as_posix(), int(data["min_side"][path.relative_to(raw).parts[0]])) for path in files]
+    tasks = [(path.as_posix(), getattr(data.min_side, path.relative_to(raw).parts[0])) for path in files]
     started = time.perf_counter()
-    described = describe_all(tasks, tuple(data["hash"]["zooms"]), resolve_workers(data["workers"]))
+    described = describe_all(tasks, tuple(data.hash.zooms), resolve_workers(data.workers))
     elapsed = time.perf_counter() - started
     rows = []
     for path, row in zip(files, described, strict=True):
@@ -72,7 +73,7 @@ def build_manifest(source: str, params: dict[str, Any]) -> Path:
             license=license_of.get(relative, info["license"]),
         )
         rows.append(row)
-    out = manifest_path(params, source)
+    out = manifest_path(data, source)
     write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out)
     if files:
         say(f"{source}: described {len(files)} files in {elapsed:.1f} s ({len(files) / elapsed:.1f} images/s)")

@@ -27,12 +27,13 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from lic.io.atomic import staged_directory, write_text
 from lic.data.dedupe import MERGED_SCHEMA
-from lic.data.rgb import load_rgb
 from lic.data.manifest import read_manifest, resolve_workers, write_table
-from lic.io.progress import say
+from lic.data.rgb import load_rgb
 from lic.errors import LicError
+from lic.io.atomic import staged_directory, write_text
+from lic.io.progress import say
+from lic.params import Params, Shards
 
 BETON, METADATA, VALIDATION = "train.beton", "train.parquet", "validation.parquet"
 METADATA_SCHEMA = pa.schema(
@@ -55,9 +56,8 @@ class ShardFiles:
     metrics: Path
 
     @classmethod
-    def of(cls, params: dict[str, Any]) -> ShardFiles:
-        config = params["shards"]
-        return cls(Path(config["dir"]), Path(config["metrics"]))
+    def of(cls, config: Shards) -> ShardFiles:
+        return cls(Path(config.dir), Path(config.metrics))
 
     @property
     def beton(self) -> Path:
@@ -142,19 +142,19 @@ def plan_samples(rows: list[dict[str, Any]], max_side: int, jpeg: bool) -> list[
     return samples
 
 
-def build_shards(params: dict[str, Any]) -> dict[str, Any]:
+def build_shards(params: Params) -> dict[str, Any]:
     """Write data/shards/ (the .beton, its metadata, the validation list) and the metrics; return the metrics."""
     from lic.data.beton import write_beton  # FFCV only where a .beton is written; readers of this module need none
 
-    config = params["shards"]
-    files = ShardFiles.of(params)
-    table = read_manifest(params["data"]["paths"]["train"], MERGED_SCHEMA)
+    config = params.shards
+    files = ShardFiles.of(config)
+    table = read_manifest(params.data.paths.train, MERGED_SCHEMA)
     rows = [row for row in table.to_pylist() if row["status"] == "ok"]
-    train, validation = split_validation(rows, int(config["validation_images"]))
-    max_side = int(config["max_resolution"])
+    train, validation = split_validation(rows, config.validation_images)
+    max_side = config.max_resolution
     if not 0 < max_side <= 65535:  # FFCV stores sides as 16-bit integers
         raise LicError(f"shards.max_resolution must be between 1 and 65535, not {max_side}")
-    quality = config["jpeg_quality"]  # null: JPEG files are stored raw too (exact, several times the bytes)
+    quality = config.jpeg_quality  # null: JPEG files are stored raw too (exact, several times the bytes)
     samples = plan_samples(train, max_side, jpeg=quality is not None)
     if not samples:
         raise LicError("no training images to shard: the training manifest is empty")
@@ -164,19 +164,19 @@ def build_shards(params: dict[str, Any]) -> dict[str, Any]:
             staging / BETON,
             max_side=max_side,
             jpeg_quality=int(quality or 0),
-            workers=resolve_workers(config["workers"]),
-            stall_timeout_s=float(config["stall_timeout_s"]),
+            workers=resolve_workers(config.workers),
+            stall_timeout_s=config.stall_timeout_s,
         )
         metadata = [{**asdict(s), "storage": "jpeg" if s.jpeg else "raw"} for s in samples]
         write_table(pa.Table.from_pylist(metadata, schema=METADATA_SCHEMA), staging / METADATA)
         write_table(pa.Table.from_pylist(validation, schema=MERGED_SCHEMA), staging / VALIDATION)
-    metrics = shard_metrics(samples, validation, [int(s) for s in config["crop_sizes"]])
+    metrics = shard_metrics(samples, validation, config.crop_sizes)
     metrics.update(beton_bytes=files.beton.stat().st_size, page_size=page_size)
     write_text(files.metrics, json.dumps(metrics, indent=2) + "\n")
     say(
         f"shards: {len(samples)} images in {files.beton} ({metrics['beton_bytes'] / 2**20:.1f} MiB, "
         f"{metrics['total']['jpeg']} as JPEG), {len(validation)} held out for validation; "
-        + ", ".join(f"{size}: {metrics['total'][f'crop_{size}']} images" for size in config["crop_sizes"])
+        + ", ".join(f"{size}: {metrics['total'][f'crop_{size}']} images" for size in config.crop_sizes)
     )
     return metrics
 

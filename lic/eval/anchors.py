@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, features
 
-from lic.io.atomic import atomic_path
 from lic.errors import LicError
 from lic.eval.evalset import EvalSet, load_eval_set
 from lic.eval.measure import Decode, Encode, Measurement, measure_all, to_frame
+from lic.io.atomic import atomic_path
+from lic.params import Anchor, Params
 
 ANCHORS_DIR, IMAGES = "anchors", "images.csv"  # the stage writes <evaluate.out_dir>/anchors/images.csv
 
@@ -47,21 +48,21 @@ def pillow_codec(name: str, quality: int, options: Mapping[str, Any]) -> tuple[E
     return encode, decode
 
 
-def measure_anchors(images: EvalSet, anchors: Mapping[str, Mapping[str, Any]]) -> list[Measurement]:
+def measure_anchors(images: EvalSet, anchors: Mapping[str, Anchor]) -> list[Measurement]:
     """Every image at every quality of every anchor codec (params: evaluate.anchors)."""
     rows: list[Measurement] = []
     for name, settings in anchors.items():
-        for quality in settings["qualities"]:
-            encode, decode = pillow_codec(name, int(quality), settings.get("options") or {})
-            rows += measure_all(name, f"q{int(quality):03d}", encode, decode, images)
+        for quality in settings.qualities:
+            encode, decode = pillow_codec(name, quality, settings.options)
+            rows += measure_all(name, f"q{quality:03d}", encode, decode, images)
     return rows
 
 
-def run_anchors(params: Mapping[str, Any]) -> Path:
+def run_anchors(params: Params) -> Path:
     """The anchors stage: measure every anchor on the evaluation manifest, write <evaluate.out_dir>/anchors/."""
-    images = load_eval_set(params["data"]["paths"]["eval"])
-    table = to_frame(measure_anchors(images, params["evaluate"]["anchors"]))
-    out = Path(params["evaluate"]["out_dir"]) / ANCHORS_DIR / IMAGES
+    images = load_eval_set(params.data.paths.eval)
+    table = to_frame(measure_anchors(images, params.evaluate.anchors))
+    out = Path(params.evaluate.out_dir) / ANCHORS_DIR / IMAGES
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False)
     return out

@@ -23,10 +23,12 @@ def evaluate(
     from lic.eval.evaluate import evaluate_checkpoint
     from lic.params import load_params
 
-    settings = load_params(params) if manifest is None or out_dir is None else None
-    manifest = manifest or Path(settings["data"]["paths"]["eval"])
-    out_dir = out_dir or Path(settings["evaluate"]["out_dir"]) / checkpoint.resolve().parent.name
-    results = evaluate_checkpoint(checkpoint, manifest, out_dir, limit=limit)
+    settings = load_params(params)
+    manifest = manifest or Path(settings.data.paths.eval)
+    out_dir = out_dir or Path(settings.evaluate.out_dir) / checkpoint.resolve().parent.name
+    results = evaluate_checkpoint(
+        checkpoint, manifest, out_dir, complexity_size=settings.evaluate.complexity_size, limit=limit
+    )
     for dataset, means in results["datasets"].items():
         typer.echo(
             f"{dataset}: {means['images']} images, {means['bpp']:.4f} bpp, {means['psnr']:.2f} dB PSNR, "

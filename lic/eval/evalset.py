@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lic.data.rgb import load_rgb
 from lic.data.manifest import read_manifest
+from lic.data.rgb import load_rgb
 from lic.errors import LicError
 
 

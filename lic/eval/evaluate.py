@@ -17,14 +17,15 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from lic.checkpoint import load_checkpoint
+from lic.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lic.codec import decode, encode
 from lic.complexity import measure as measure_complexity
-from lic.io.atomic import atomic_path, write_text
-from lic.io.checksums import file_digest
 from lic.eval.evalset import EvalSet, load_eval_set
 from lic.eval.measure import METRICS, Decode, Encode, curve_points, measure_all, to_frame
 from lic.eval.plots import Series, save_rd_figure
+from lic.io.atomic import atomic_path, write_text
+from lic.io.checksums import file_digest
+from lic.params import Params
 
 RESULTS, IMAGES, FIGURE = "results.json", "images.csv", "rd.png"
 
@@ -47,8 +48,9 @@ def evaluate_checkpoint(
     manifest: Path | str,
     out_dir: Path | str,
     setting: str | None = None,
+    *,
+    complexity_size: int,
     limit: int | None = None,
-    complexity_size: int = 256,
 ) -> dict[str, Any]:
     """Evaluate one checkpoint on the evaluation manifest and write images.csv, results.json and rd.png."""
     model, metadata = load_checkpoint(checkpoint)
@@ -71,6 +73,18 @@ def evaluate_checkpoint(
     }
     write_outputs(Path(out_dir), table, results, images)
     return results
+
+
+def evaluate_rate_point(params: Params, key: str) -> dict[str, Any]:
+    """The evaluate@<key> stage: the checkpoint training wrote for `key`, into <evaluate.out_dir>/<key>/."""
+    params.lmbda(key)  # a key outside the lambdas table is a user error, not a missing file
+    return evaluate_checkpoint(
+        Path(params.train.outputs) / key / CHECKPOINT_FILE,
+        params.data.paths.eval,
+        Path(params.evaluate.out_dir) / key,
+        setting=key,
+        complexity_size=params.evaluate.complexity_size,
+    )
 
 
 def _codec_functions(model: nn.Module) -> tuple[Encode, Decode]:

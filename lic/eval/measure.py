@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from lic.codec import bits_per_pixel
-from lic.io.progress import counting
 from lic.eval.evalset import EvalImage, EvalSet
 from lic.eval.metrics import ms_ssim, psnr
+from lic.io.progress import counting
 
 Encode = Callable[[np.ndarray], bytes]
 Decode = Callable[[bytes], np.ndarray]

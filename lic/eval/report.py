@@ -17,7 +17,6 @@ from typing import Any
 
 import pandas as pd
 
-from lic.io.atomic import atomic_path, write_text
 from lic.errors import LicError
 from lic.eval.anchors import ANCHORS_DIR, IMAGES
 from lic.eval.bd import bd_metrics
@@ -25,18 +24,20 @@ from lic.eval.evaluate import read_results
 from lic.eval.measure import curve_points
 from lic.eval.plots import Series, save_rd_figure
 from lic.eval.reference import reference_points
+from lic.io.atomic import atomic_path, write_text
+from lic.params import Params
 
 
-def build_report(params: Mapping[str, Any]) -> dict[str, Any]:
+def build_report(params: Params) -> dict[str, Any]:
     """Read every evaluate@<key> output and the anchors stage's table; write the report (params: report)."""
-    eval_dir = Path(params["evaluate"]["out_dir"])
-    settings = params["report"]
-    evaluations = [read_results(eval_dir / key) for key in params["lambdas"]]
+    eval_dir = Path(params.evaluate.out_dir)
+    settings = params.report
+    evaluations = [read_results(eval_dir / key) for key in params.lambdas]
     anchors_table = eval_dir / ANCHORS_DIR / IMAGES
     if not anchors_table.is_file():
         raise LicError(f"{anchors_table} not found: run the anchors stage first")
     return write_report(
-        evaluations, pd.read_csv(anchors_table), Path(settings["out_dir"]), settings["anchor"], settings["references"]
+        evaluations, pd.read_csv(anchors_table), Path(settings.out_dir), settings.anchor, settings.references
     )
 
 

@@ -24,10 +24,10 @@ def register(
     from lic.params import load_params
     from lic.registry.register import register_checkpoint
 
-    settings = load_params(params)["registry"] if experiment is None or tolerance is None else {}
-    experiment = experiment or settings["experiment"]
-    tolerance = settings["promotion_tolerance"] if tolerance is None else tolerance
-    registration = register_checkpoint(checkpoint, eval_dir, experiment, tolerance=float(tolerance), gate=promote)
+    settings = load_params(params).registry
+    experiment = experiment or settings.experiment
+    tolerance = settings.promotion_tolerance if tolerance is None else tolerance
+    registration = register_checkpoint(checkpoint, eval_dir, experiment, tolerance=tolerance, gate=promote)
     typer.echo(f"{registration.uri}{'' if registration.new else ' (already registered)'}")
     if registration.decision is not None:
         verdict = "champion" if registration.decision.promoted else "not promoted"

@@ -16,11 +16,11 @@ from pathlib import Path
 import mlflow
 from mlflow.store.artifact.utils.models import get_model_name_and_version
 
-from lic.io.atomic import staged_directory
+from lic.checkpoint import CHECKPOINT_FILE
 from lic.errors import LicError
+from lic.io.atomic import staged_directory
 from lic.registry.tracking import client, registry_errors, tracking_uri
 
-CHECKPOINT = "model.pt"
 CACHE_ENV = "LIC_CACHE_DIR"
 
 
@@ -53,13 +53,13 @@ def pull(uri: str, dest: Path | str | None = None) -> Path:
     """Download the model at `uri` into `dest` (default ./<name>-v<version>) and return the folder."""
     pinned, key = resolve(uri)
     dest = Path(dest) if dest is not None else Path(key.rsplit("-", 1)[0])
-    if dest.exists() and any(dest.iterdir()) and not (dest / CHECKPOINT).is_file():
+    if dest.exists() and any(dest.iterdir()) and not (dest / CHECKPOINT_FILE).is_file():
         raise LicError(f"{dest} exists and is not a pulled model: choose an empty or new folder")
     with staged_directory(dest) as staging, registry_errors(uri):
         downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(staging)))
         checkpoint = _find_checkpoint(downloaded, uri)
-        if checkpoint != staging / CHECKPOINT:
-            os.link(checkpoint, staging / CHECKPOINT)
+        if checkpoint != staging / CHECKPOINT_FILE:
+            os.link(checkpoint, staging / CHECKPOINT_FILE)
     return dest
 
 
@@ -70,13 +70,13 @@ def fetch_checkpoint(uri: str) -> Path:
     """
     pinned, key = resolve(uri)
     folder = cache_root() / key
-    if not (folder / CHECKPOINT).is_file():
+    if not (folder / CHECKPOINT_FILE).is_file():
         pull(pinned, folder)
-    return folder / CHECKPOINT
+    return folder / CHECKPOINT_FILE
 
 
 def _find_checkpoint(downloaded: Path, uri: str) -> Path:
-    for candidate in (downloaded, downloaded / CHECKPOINT, downloaded / "artifacts" / CHECKPOINT):
+    for candidate in (downloaded, downloaded / CHECKPOINT_FILE, downloaded / "artifacts" / CHECKPOINT_FILE):
         if candidate.is_file():
             return candidate
-    raise LicError(f"{uri} holds no lic checkpoint ({CHECKPOINT}): not a model registered by `lic register`")
+    raise LicError(f"{uri} holds no lic checkpoint ({CHECKPOINT_FILE}): not a model registered by `lic register`")

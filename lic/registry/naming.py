@@ -12,8 +12,7 @@ Higher lambda, higher rate. Versions of one name are successive trainings of tha
 from __future__ import annotations
 
 from lic.errors import LicError
-
-METRICS = ("mse", "ms-ssim")
+from lic.params import METRICS
 
 
 def registered_name(model: str, metric: str, lmbda: float) -> str:

@@ -20,12 +20,13 @@ from typing import Any
 
 import mlflow
 
-from lic.checkpoint import read_checkpoint
+from lic.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from lic.errors import LicError
+from lic.eval.evaluate import FIGURE, IMAGES, RESULTS, read_results
 from lic.io.atomic import write_text
 from lic.io.checksums import file_digest
 from lic.io.progress import say
-from lic.errors import LicError
-from lic.eval.evaluate import FIGURE, IMAGES, RESULTS, read_results
+from lic.params import Params
 from lic.registry.naming import registered_name
 from lic.registry.promotion import CANDIDATE, EVAL_SET_TAG, Decision, promote
 from lic.registry.pyfunc import CHECKPOINT_ARTIFACT, SIGNATURE, CodecModel, inference_code, pip_requirements
@@ -145,24 +146,24 @@ def _tags(payload: dict[str, Any], results: dict[str, Any], sha256: str) -> dict
     return tags
 
 
-def register_lambdas(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def register_lambdas(params: Params) -> dict[str, dict[str, Any]]:
     """The register stage: every lambda of params, with its evaluation and the report's figures; writes the
     outcome (name, version, promotion decision) to registry.record."""
-    settings = params["registry"]
-    report_dir = Path(params["report"]["out_dir"])
+    settings = params.registry
+    report_dir = Path(params.report.out_dir)
     extra = [report_dir / "report.md", *sorted((report_dir / "figures").glob("*.png"))]
     outcome = {}
-    for key in params["lambdas"]:
+    for key in params.lambdas:
         registration = register_checkpoint(
-            Path(params["train"]["outputs"]) / key / "model.pt",
-            Path(params["evaluate"]["out_dir"]) / key,
-            settings["experiment"],
-            tolerance=float(settings["promotion_tolerance"]),
+            Path(params.train.outputs) / key / CHECKPOINT_FILE,
+            Path(params.evaluate.out_dir) / key,
+            settings.experiment,
+            tolerance=settings.promotion_tolerance,
             extra_artifacts=[path for path in extra if path.is_file()],
         )
         outcome[key] = {**asdict(registration), "store": tracking_uri()}
         say(_summary(registration))
-    write_text(Path(settings["record"]), json.dumps(outcome, indent=2) + "\n")
+    write_text(Path(settings.record), json.dumps(outcome, indent=2) + "\n")
     return outcome
 
 

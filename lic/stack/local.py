@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import lic
-from lic.io.atomic import write_text
 from lic.errors import LicError
+from lic.io.atomic import write_text
 from lic.stack import services
 from lic.stack.processes import Launch, Process, port_in_use, start, stop, tail, wait_ready
 

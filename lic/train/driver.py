@@ -11,28 +11,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any
 
 import pyarrow.fs
 import ray
 from ray.train import CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchTrainer
 
-from lic.io.atomic import atomic_path, write_text
+from lic.checkpoint import CHECKPOINT_FILE
 from lic.errors import LicError
-from lic.train.resume import MODEL
+from lic.io.atomic import atomic_path, write_text
+from lic.params import Params
 from lic.train.loop import train_worker
 from lic.train.settings import RunSettings, resolve
 from lic.train.tracking import mark_failed, open_run
 
-MODEL_OUTPUT, METRICS_OUTPUT = "model.pt", "metrics.json"
+METRICS_OUTPUT = "metrics.json"
 
 
-def train(
-    params: dict[str, Any], key: str | None = None, lmbda: float | None = None, metric: str | None = None
-) -> Path:
+def train(params: Params, key: str | None = None, lmbda: float | None = None, metric: str | None = None) -> Path:
     """Train (or resume) the model of one lambda; returns the folder holding model.pt and metrics.json."""
     settings = resolve(params, key, lmbda, metric)
     run_id = open_run(settings)
@@ -40,7 +37,7 @@ def train(
     started_here = _connect(settings)
     try:
         use_gpu = cluster.use_gpu
-        if use_gpu is None:
+        if use_gpu == "auto":
             use_gpu = ray.cluster_resources().get("GPU", 0) >= cluster.num_workers
         trainer = TorchTrainer(
             train_worker,
@@ -71,11 +68,11 @@ def train(
 
 
 def _connect(settings: RunSettings) -> bool:
-    """Attach to the cluster named by train.ray.address or RAY_ADDRESS, else start a local Ray just big enough
-    for the run; returns whether a local Ray was started (and so is to be stopped)."""
+    """Attach to the cluster named by train.ray.address (RAY_ADDRESS overrides it: lic.params), else start a local
+    Ray just big enough for the run; returns whether a local Ray was started (and so is to be stopped)."""
     if ray.is_initialized():
         return False
-    address = settings.cluster.address or os.environ.get("RAY_ADDRESS")
+    address = settings.cluster.address
     runtime_env = {"worker_process_setup_hook": f"{__name__}.{quiet_ray_logs.__name__}"}
     if address:
         ray.init(address=address, runtime_env=runtime_env)
@@ -98,8 +95,8 @@ def _export(result: Result, settings: RunSettings) -> Path:
         raise LicError(f"training run {settings.run_name} ended without a checkpoint")
     out_dir = Path(settings.out_dir)
     checkpoint = result.checkpoint
-    with atomic_path(out_dir / MODEL_OUTPUT) as tmp:  # model.pt alone: as_directory() would fetch state.pt too
-        pyarrow.fs.copy_files(f"{checkpoint.path}/{MODEL}", str(tmp), source_filesystem=checkpoint.filesystem)
+    with atomic_path(out_dir / CHECKPOINT_FILE) as tmp:  # model.pt alone: as_directory() would fetch state.pt too
+        pyarrow.fs.copy_files(f"{checkpoint.path}/{CHECKPOINT_FILE}", str(tmp), source_filesystem=checkpoint.filesystem)
     metrics = {name: value for name, value in result.metrics.items() if isinstance(value, int | float)}
     write_text(out_dir / METRICS_OUTPUT, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return out_dir

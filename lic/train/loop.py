@@ -17,7 +17,6 @@ import itertools
 import logging
 import math
 import os
-import signal
 import tempfile
 import time
 from collections import defaultdict
@@ -35,11 +34,11 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lic.data.loader import TrainLoader, build_train_loader, load_validation_images
-from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.models import build
+from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.train.resume import restore_checkpoint, write_checkpoint
 from lic.train.schedule import learning_rate
-from lic.train.settings import FAIL_AT_STEP_ENV, RunSettings
+from lic.train.settings import RunSettings
 from lic.train.tracking import Tracker
 from lic.train.validation import validate
 
@@ -74,22 +73,27 @@ def train_worker(config: dict[str, Any]) -> None:
 
     # Data. A Ray worker has cpus_per_worker CPUs, so its loader decodes with that many threads (loader.workers
     # is for one process), and FFCV sets torch's thread count to the same.
-    params = {**settings.params, "loader": {**settings.params["loader"], "workers": threads}}
-    loader = build_train_loader(params, rank=rank, world_size=world_size, device=device, seed=settings.seed)
+    loader = build_train_loader(
+        settings.loader.model_copy(update={"workers": threads}),
+        settings.shards,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        seed=settings.seed,
+    )
     batches = _batches_from(loader, start)
 
     nodes = _node_of_each_rank(world_size)
     tracker, validation_images = None, []
     if lead:
         tracker = Tracker(settings, run_id, device, nodes)
-        validation_images = [image.to(device) for image in load_validation_images(settings.params)]
+        validation_images = [image.to(device) for image in load_validation_images(settings.loader, settings.shards)]
         log.info("%s: steps %d -> %d on %d worker(s), %d per epoch", settings.run_name, start, opt.steps, world_size,
                  len(loader))  # fmt: skip
 
     meter = Meter()
     step = start
     while step < opt.steps:
-        _fail_once_if_asked(settings, step, start, rank, world_size)
         lr = learning_rate(step, opt)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -194,14 +198,6 @@ def _node_of_each_rank(world_size: int) -> list[str]:
 def _float32(output: dict[str, Any]) -> dict[str, Any]:
     """The loss in float32 even when the forward ran in bfloat16 (a no-op otherwise)."""
     return {"x_hat": output["x_hat"].float(), "likelihoods": {k: v.float() for k, v in output["likelihoods"].items()}}
-
-
-def _fail_once_if_asked(settings: RunSettings, step: int, start: int, rank: int, world_size: int) -> None:
-    """The fault-tolerance test's hook (LIC_TRAIN_FAIL_AT_STEP): the last rank kills its own process on reaching
-    that step in an attempt that began from scratch, so a run fails once and its restart goes on."""
-    if settings.fail_at_step == step and start == 0 and rank == world_size - 1:
-        log.warning("%s: rank %d kills itself at step %d", FAIL_AT_STEP_ENV, rank, step)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Clock:

@@ -17,10 +17,10 @@ import torch
 from compressai.models import CompressionModel
 from torch import optim
 
-from lic.checkpoint import read_checkpoint, save_checkpoint
+from lic.checkpoint import CHECKPOINT_FILE, read_checkpoint, save_checkpoint
 from lic.errors import LicError
 
-MODEL, STATE = "model.pt", "state.pt"
+STATE = "state.pt"
 
 
 def write_checkpoint(
@@ -32,7 +32,7 @@ def write_checkpoint(
     **metadata: Any,
 ) -> Path:
     """Fill `directory` (a fresh temporary folder that Ray then uploads) and return the model file."""
-    model_file = save_checkpoint(directory / MODEL, model, step=step, **metadata)
+    model_file = save_checkpoint(directory / CHECKPOINT_FILE, model, step=step, **metadata)
     state = {"step": step, "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict()}
     torch.save(state, directory / STATE)
     return model_file
@@ -42,7 +42,7 @@ def restore_checkpoint(
     directory: Path, model: CompressionModel, optimizer: optim.Optimizer, aux_optimizer: optim.Optimizer
 ) -> int:
     """Load weights and optimiser state from a checkpoint folder; returns the number of steps it had done."""
-    payload = read_checkpoint(directory / MODEL)
+    payload = read_checkpoint(directory / CHECKPOINT_FILE)
     if payload["model"] != model.spec.name or payload["config"] != model.spec.config:
         raise LicError(f"{directory} holds a {payload['model']} {payload['config']} model, not this run's")
     model.load_state_dict(payload["state_dict"])

@@ -19,9 +19,8 @@ from typing import Any
 import yaml
 
 from lic.errors import LicError
+from lic.params import METRICS, Loader, Params, RayCluster, Shards
 
-METRICS = ("mse", "ms-ssim")
-FAIL_AT_STEP_ENV = "LIC_TRAIN_FAIL_AT_STEP"  # fault-injection hook of the tests: docs/training.md
 UNVERSIONED = "unversioned"
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -40,18 +39,6 @@ class Optimisation:
 
 
 @dataclass(frozen=True)
-class Cluster:
-    """Where and how wide the run is: Ray's ScalingConfig, FailureConfig and CheckpointConfig come from here."""
-
-    address: str | None  # None: RAY_ADDRESS if set, else a local Ray started for this run
-    num_workers: int
-    cpus_per_worker: int
-    use_gpu: bool | None  # None: one GPU per worker when the cluster has enough of them
-    max_failures: int
-    keep_best: int
-
-
-@dataclass(frozen=True)
 class RunSettings:
     key: str
     lmbda: float
@@ -59,12 +46,13 @@ class RunSettings:
     model: str
     model_config: dict[str, Any]
     optimisation: Optimisation
-    cluster: Cluster
+    cluster: RayCluster  # Ray's ScalingConfig, FailureConfig and CheckpointConfig come from here
     seed: int
     log_every: int
     val_every: int
     checkpoint_every: int
-    params: dict[str, Any]  # the whole file: the loader reads its own section
+    loader: Loader
+    shards: Shards
     root: str  # the project root; workers work from here so the paths in params resolve
     data_version: str
     run_name: str
@@ -72,7 +60,6 @@ class RunSettings:
     tracking_uri: str
     experiment: str
     out_dir: str  # outputs/train/<key>: model.pt and metrics.json
-    fail_at_step: int | None = None
 
     def mlflow_params(self) -> dict[str, Any]:
         """What MLflow records as the run's parameters: the settings that shape the model, flattened."""
@@ -85,7 +72,7 @@ class RunSettings:
             "optimisation": asdict(self.optimisation),
             "seed": self.seed,
             "world_size": self.cluster.num_workers,
-            "loader": self.params.get("loader"),
+            "loader": self.loader.model_dump(),
             "data_version": self.data_version,
             "run_name": self.run_name,
         }
@@ -93,7 +80,7 @@ class RunSettings:
 
 
 def resolve(
-    params: dict[str, Any],
+    params: Params,
     key: str | None = None,
     lmbda: float | None = None,
     metric: str | None = None,
@@ -102,10 +89,10 @@ def resolve(
     """Settings for the lambda `key` of the `lambdas` table, or for an explicit `lmbda` (which overrides the
     table's value); `metric` defaults to the table's, else mse."""
     root = (root or Path.cwd()).resolve()
-    train = _section(params, "train")
-    entry = params.get("lambdas", {}).get(key, {}) if key else {}
-    lmbda = lmbda if lmbda is not None else entry.get("lmbda")
-    metric = metric or entry.get("metric", "mse")
+    train = params.train
+    entry = params.lambdas.get(key) if key else None
+    lmbda = lmbda if lmbda is not None else (entry.lmbda if entry else None)
+    metric = metric or (entry.metric if entry else METRICS[0])
     if lmbda is None:
         raise LicError(f"no lambda: {key!r} is not in the lambdas table of params.yaml and --lmbda was not given")
     if not lmbda > 0:
@@ -115,74 +102,57 @@ def resolve(
     key = key or f"{metric}-{lmbda:g}"
     if not _KEY.fullmatch(key):
         raise LicError(f"lambda key {key!r} must be letters, digits, '.', '_' or '-' (it names folders and runs)")
-
-    if not params.get("shards", {}).get("validation_images"):
+    if not params.shards.validation_images:
         raise LicError("training validates on held-out images: set shards.validation_images to 1 or more")
-    profile = params.get("profile", "sample")
-    steps = _section(train, "steps").get(profile)
-    if steps is None:
-        raise LicError(f"train.steps has no entry for profile {profile!r}")
+
     optimisation = Optimisation(
-        steps=_positive(steps, "train.steps"),
-        lr=float(train["lr"]),
-        aux_lr=float(train["aux_lr"]),
-        warmup_steps=int(train["warmup_steps"]),
-        min_lr=float(train["min_lr"]),
-        clip_norm=float(train["clip_norm"]),
-        amp=bool(train["amp"]),
+        steps=train.steps[params.profile],
+        lr=train.lr,
+        aux_lr=train.aux_lr,
+        warmup_steps=train.warmup_steps,
+        min_lr=train.min_lr,
+        clip_norm=train.clip_norm,
+        amp=train.amp,
     )
-    ray = _section(train, "ray")
-    use_gpu = ray["use_gpu"]
-    cluster = Cluster(
-        address=ray.get("address"),
-        num_workers=_positive(ray["num_workers"], "train.ray.num_workers"),
-        cpus_per_worker=_positive(ray["cpus_per_worker"], "train.ray.cpus_per_worker"),
-        use_gpu=None if use_gpu == "auto" else bool(use_gpu),
-        max_failures=int(ray["max_failures"]),
-        keep_best=_positive(ray["keep_best"], "train.ray.keep_best"),
-    )
-    model = _section(train, "model")
-    version = data_version(params, root)
+    version = data_version(params.shards.dir, root)
     shaping = {
-        "model": model,
+        "model": train.model.model_dump(),
         "lmbda": lmbda,
         "metric": metric,
         "optimisation": {k: v for k, v in asdict(optimisation).items() if k != "steps"},
-        "seed": train["seed"],
-        "world_size": cluster.num_workers,
-        "loader": {k: v for k, v in params.get("loader", {}).items() if k != "workers"},  # threads: Cluster
+        "seed": train.seed,
+        "world_size": train.ray.num_workers,
+        "loader": params.loader.model_dump(exclude={"workers"}, mode="json"),  # threads: the cluster's
         "data_version": version,
     }
     fingerprint = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
-    fail_at = os.environ.get(FAIL_AT_STEP_ENV)
     return RunSettings(
         key=key,
         lmbda=float(lmbda),
         metric=metric,
-        model=model["name"],
-        model_config=dict(model.get("config") or {}),
+        model=train.model.name,
+        model_config=dict(train.model.config),
         optimisation=optimisation,
-        cluster=cluster,
-        seed=int(train["seed"]),
-        log_every=_positive(train["log_every"], "train.log_every"),
-        val_every=_positive(train["val_every"], "train.val_every"),
-        checkpoint_every=_positive(train["checkpoint_every"], "train.checkpoint_every"),
-        params=params,
+        cluster=train.ray,
+        seed=train.seed,
+        log_every=train.log_every,
+        val_every=train.val_every,
+        checkpoint_every=train.checkpoint_every,
+        loader=params.loader,
+        shards=params.shards,
         root=str(root),
         data_version=version,
         run_name=f"{key}-{fingerprint}",
-        storage_path=storage_path(os.environ.get(STORAGE_ENV) or str(train["storage_path"]), root),
+        storage_path=storage_path(train.storage_path, root),
         tracking_uri=tracking_uri(root),
-        experiment=str(train["experiment"]),
-        out_dir=str(root / train["outputs"] / key),
-        fail_at_step=int(fail_at) if fail_at else None,
+        experiment=train.experiment,
+        out_dir=str(root / train.outputs / key),
     )
 
 
-def data_version(params: dict[str, Any], root: Path) -> str:
+def data_version(shards: str, root: Path) -> str:
     """The DVC hash of the shard folder (`<md5>.dir`) as dvc.lock recorded it when the shard stage last ran;
     `unversioned` when the shards were not made by `dvc repro` here."""
-    shards = params.get("shards", {}).get("dir")
     try:
         stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     except (OSError, KeyError, TypeError):
@@ -192,10 +162,6 @@ def data_version(params: dict[str, Any], root: Path) -> str:
             if out.get("path") == shards and "md5" in out:
                 return out["md5"]
     return UNVERSIONED
-
-
-# Shared infrastructure (infra/README.md) points every run at one checkpoint store without editing params.yaml.
-STORAGE_ENV = "LIC_STORAGE_PATH"
 
 
 def storage_path(value: str, root: Path) -> str:
@@ -211,19 +177,6 @@ def tracking_uri(root: Path) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(root / uri[len(prefix) :])
     return uri
-
-
-def _section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    value = params.get(name)
-    if not isinstance(value, dict):
-        raise LicError(f"params.yaml has no {name!r} section")
-    return value
-
-
-def _positive(value: Any, name: str) -> int:
-    if not isinstance(value, int) or value < 1:
-        raise LicError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -18,10 +18,10 @@ from lic.errors import LicError
 
 
 def fetch(settings: dict[str, Any], staging: Path, context: FetchContext) -> dict[str, Any]:
-    split_dir = staging / settings["split"]
+    split_dir = staging / settings.split
     split_dir.mkdir()
     inputs = []
-    for entry in settings["files"]:
+    for entry in settings.files:
         remote = Remote.from_params(entry)
         path = download(remote, context.downloads, context.policy)
         inputs.append(provenance(remote, path))

@@ -17,11 +17,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lic.data import archive
-from lic.io import checksums
 from lic.data.download import DownloadError, Remote, download, provenance
 from lic.data.fetch import FetchContext, place
 from lic.data.rgb import image_member, is_image_name
 from lic.errors import LicError
+from lic.io import checksums
 
 HF_TERMS = "https://huggingface.co/datasets/ILSVRC/imagenet-1k"
 KAGGLE_TERMS = "https://www.kaggle.com/competitions/imagenet-object-localization-challenge"
@@ -29,16 +29,16 @@ KAGGLE_PREFIX = "ILSVRC/Data/CLS-LOC/"
 
 
 def fetch(settings: dict[str, Any], staging: Path, context: FetchContext) -> dict[str, Any]:
-    local = Path(settings["local"])
-    out = staging / settings["split"]
-    if _provided(local, settings["splits"]):
+    local = Path(settings.local)
+    out = staging / settings.split
+    if _provided(local, settings.splits):
         return _from_local(local, settings, out)
     token = context.env.get("HF_TOKEN") or context.env.get("HUGGING_FACE_HUB_TOKEN")
     if token:
         return _from_huggingface(settings, out, context, token)
     if context.env.get("KAGGLE_USERNAME") and context.env.get("KAGGLE_KEY"):
         return _from_kaggle(settings, out, context, (context.env["KAGGLE_USERNAME"], context.env["KAGGLE_KEY"]))
-    raise LicError(missing_message(local, settings["splits"]))
+    raise LicError(missing_message(local, settings.splits))
 
 
 def missing_message(local: Path, splits: list[str]) -> str:
@@ -58,11 +58,11 @@ def _provided(local: Path, splits: list[str]) -> bool:
 
 def _from_local(local: Path, settings: dict[str, Any], out: Path) -> dict[str, Any]:
     inputs = []
-    for split in settings["splits"]:
+    for split in settings.splits:
         tar = local / f"ILSVRC2012_img_{split}.tar"
         tree = local / split
         if tar.is_file():
-            expected = settings["checksums"].get(tar.name)
+            expected = settings.checksums.get(tar.name)
             if expected and not checksums.matches(tar, expected):
                 raise LicError(f"{tar}: checksum differs from the published {expected}; the file is damaged")
             count = archive.extract(_official_tar(tar), out / split, image_member)
@@ -91,11 +91,11 @@ def _official_tar(tar: Path) -> Iterator[archive.Member]:
 
 
 def _from_huggingface(settings: dict[str, Any], out: Path, context: FetchContext, token: str) -> dict[str, Any]:
-    hub = settings["huggingface"]
+    hub = settings.huggingface
     inputs = []
-    for split in settings["splits"]:
-        for name in hub["files"][split]:
-            remote = Remote(url=f"{hub['url']}/{name}")
+    for split in settings.splits:
+        for name in hub.files[split]:
+            remote = Remote(url=f"{hub.url}/{name}")
             path = _authorised(remote, context, {"Authorization": f"Bearer {token}"}, None, HF_TERMS)
             inputs.append(provenance(remote, path))
             archive.extract(archive.members(path), out / split, _basename_image)
@@ -103,9 +103,9 @@ def _from_huggingface(settings: dict[str, Any], out: Path, context: FetchContext
 
 
 def _from_kaggle(settings: dict[str, Any], out: Path, context: FetchContext, auth: tuple[str, str]) -> dict[str, Any]:
-    remote = Remote.from_params(settings["kaggle"])
+    remote = Remote.from_params(settings.kaggle)
     path = _authorised(remote, context, {}, auth, KAGGLE_TERMS)
-    wanted = tuple(f"{KAGGLE_PREFIX}{split}/" for split in settings["splits"])
+    wanted = tuple(f"{KAGGLE_PREFIX}{split}/" for split in settings.splits)
 
     def select(name: str) -> str | None:
         if not name.startswith(wanted) or not is_image_name(name):

@@ -15,12 +15,12 @@ from lic.errors import LicError
 
 
 def fetch(settings: dict[str, Any], staging: Path, context: FetchContext) -> dict[str, Any]:
-    folder = Path(settings["path"])
+    folder = Path(settings.path)
     if not folder.is_dir():
         raise LicError(f"{folder}: no such folder (data.sources.<source>.path)")
     files = [path for path in sorted(folder.rglob("*")) if path.is_file() and is_image_name(path.name)]
     if not files:
         raise LicError(f"{folder}: holds no image files")
     for path in files:
-        place(path, staging / settings["split"] / path.relative_to(folder))
+        place(path, staging / settings.split / path.relative_to(folder))
     return {"inputs": [{"path": folder.as_posix(), "files": len(files)}]}

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lic.io import checksums
 from lic.data.fetch import FetchContext
 from lic.errors import LicError
+from lic.io import checksums
 
 # As stated in each package's documentation of the image (skimage.data docstrings, matplotlib sample data).
 LICENSES = {
@@ -47,12 +47,12 @@ _PACKAGES = {
 
 def fetch(settings: dict[str, Any], staging: Path, context: FetchContext) -> dict[str, Any]:
     """Copy the listed files into staging/train and staging/eval; the two lists must not share a file."""
-    shared = set(settings["train"]) & set(settings["eval"])
+    shared = set(settings.train) & set(settings.eval)
     if shared:
         raise LicError(f"sample: files in both train and eval: {', '.join(sorted(shared))}")
     licenses, inputs = {}, []
     for split in ("train", "eval"):
-        for entry in settings[split]:
+        for entry in getattr(settings, split):
             src, version = _shipped_file(entry)
             relative = f"{split}/{src.name}"
             (staging / split).mkdir(exist_ok=True)

@@ -20,14 +20,14 @@ FRAMES = 7
 
 
 def fetch(settings: dict[str, Any], staging: Path, context: FetchContext) -> dict[str, Any]:
-    keep = frame_names(int(settings["frames_per_sequence"]))
-    split_dir = staging / settings["split"]
+    keep = frame_names(settings.frames_per_sequence)
+    split_dir = staging / settings.split
     inputs, clips, frames = [], 0, 0
-    for entry in settings["files"]:
+    for entry in settings.files:
         remote = Remote.from_params(entry)
         path = download(remote, context.downloads, context.policy)
         inputs.append(provenance(remote, path))
-        listed = train_list(path, settings["list"])
+        listed = train_list(path, settings.list)
         frames += archive.extract(archive.members(path), split_dir, partial(select, clips=listed, keep=keep))
         clips += len(listed)
     if frames == 0:

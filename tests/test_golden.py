@@ -1,0 +1,36 @@
+"""The golden bitstream: a committed model and .lic that must keep decoding to the committed pixels, bit for bit,
+and the committed image must keep encoding to the committed bytes. A change to the container format, the entropy
+coding, the model's math (say, LocalContext's mask) or a speed-up that is not exact fails here; when such a change
+is meant, bump the versions it concerns and run `python -m tests.golden.make_golden`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lic import codec
+from lic.checkpoint import load_checkpoint
+from tests.golden.make_golden import HERE
+
+
+@pytest.fixture(scope="module")
+def model():
+    model, _ = load_checkpoint(HERE / "model.pt")
+    return model
+
+
+def test_the_golden_stream_decodes_to_the_golden_pixels(model) -> None:
+    decoded = np.asarray(codec.decode((HERE / "image.lic").read_bytes(), model))
+    expected = np.asarray(Image.open(HERE / "decoded.png"))
+    assert decoded.shape == expected.shape and np.array_equal(decoded, expected)
+
+
+def test_the_golden_image_encodes_to_the_golden_bytes(model) -> None:
+    pixels = np.asarray(Image.open(HERE / "image.png"))
+    assert codec.encode(pixels, model) == (HERE / "image.lic").read_bytes()
+
+
+def test_the_golden_model_is_small(model) -> None:
+    assert (HERE / "model.pt").stat().st_size < 1_000_000
+    assert codec.read_header((HERE / "image.lic").read_bytes()).model == "loclic"
