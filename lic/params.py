@@ -196,7 +196,7 @@ class Loader(Section):
     backend: Literal["ffcv", "pytorch"]
     crop_mix: dict[PositiveInt, Probability] = Field(description="share of batches per crop size")
     batch_size: dict[PositiveInt, PositiveInt] = Field(description="per rank, per crop size")
-    workers: PositiveInt = Field(description="per rank: FFCV threads or DataLoader processes")
+    workers: Count = Field(description="per rank: FFCV threads or DataLoader processes (0: in the training process)")
     flip: bool
     augment: list[dict[str, dict[str, Any]]] = Field(description="albumentations transforms, one mapping each")
     validation_crop: PositiveInt | None = Field(description="centre crop of the held-out images; null: whole")
