@@ -262,3 +262,11 @@ def test_placement_never_follows_a_link_in_the_destination(tmp_path: Path) -> No
     assert list(outside.iterdir()) == []
     with pytest.raises(ArchiveError, match="outside the destination"):
         place.add_members("eval", [Member("../../escape.png", 3, lambda: io.BytesIO(b"png"))], str, "crafted.zip")
+
+
+def test_downloads_of_one_source_must_not_share_a_file_name(tmp_path: Path) -> None:
+    with http_server(Served(files={"/a/x.png": b"1", "/b/x.png": b"2"})) as served:
+        params = http_source_params(tmp_path, [{"url": served.url(p), "size": 1} for p in ("/a/x.png", "/b/x.png")])
+        with pytest.raises(LicError, match=r"share the file name 'x\.png'"):
+            fetch_source("web", params)
+        assert served.requests == []

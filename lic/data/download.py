@@ -22,10 +22,11 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -64,6 +65,10 @@ class DownloadError(LicError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _StoppedError(DownloadError):
+    """Another download of the same batch failed; this one stopped early and stays resumable."""
 
 
 class _TransientError(Exception):
@@ -171,25 +176,51 @@ class Pins:
 def download_all(remotes: Sequence[Remote], directory: Path, policy: DownloadPolicy) -> list[Path]:
     """Download every remote, `policy.files_at_once` at a time, under one progress display; in order.
 
-    When one fails the others stop at their next read, keeping what they received for the next run.
+    When one fails (or the user interrupts) the others stop at their next read, keeping what they received for the
+    next run.
     """
+    names = [remote.filename for remote in remotes]
+    shared = sorted({name for name in names if names.count(name) > 1})
+    if shared:
+        raise LicError(f"downloads share the file name {shared[0]!r}; give one of them a `name:` in data.sources")
     stop = threading.Event()
-    with transferring() as bar, ThreadPoolExecutor(max(1, policy.files_at_once)) as pool:
-        futures = [pool.submit(download, remote, directory, policy, bar, stop) for remote in remotes]
-        errors = []
+    with transferring() as bar:
+        jobs = [partial(download, remote, directory, policy, bar, stop) for remote in remotes]
+        outcomes = _run_all(jobs, policy.files_at_once, stop, stops_others=lambda err: True)
+    errors = [err for err in outcomes if isinstance(err, BaseException)]
+    if errors:
+        raise next((err for err in errors if not isinstance(err, _StoppedError)), errors[0])
+    return outcomes
+
+
+def _run_all(
+    jobs: Sequence[Callable[[], Any]],
+    workers: int,
+    stop: threading.Event,
+    stops_others: Callable[[Exception], bool],
+) -> list[Any]:
+    """Each job's result or exception, `workers` at a time in threads.
+
+    A failure for which `stops_others` is true, or an interrupt (Ctrl-C) of the waiting thread, sets `stop`, which
+    the jobs check at every read, so no thread keeps downloading after the run has failed.
+    """
+    pool = ThreadPoolExecutor(max(1, min(workers, len(jobs) or 1)))
+    try:
+        futures = [pool.submit(job) for job in jobs]
+        outcomes = []
         for future in futures:
             try:
-                future.result()
-            except BaseException as err:
-                stop.set()
-                errors.append(err)
-        if errors:
-            raise next((err for err in errors if not isinstance(err, _StoppedError)), errors[0])
-    return [future.result() for future in futures]
-
-
-class _StoppedError(DownloadError):
-    """Another download of the same batch failed; this one stopped early and stays resumable."""
+                outcomes.append(future.result())
+            except Exception as err:
+                if stops_others(err):
+                    stop.set()
+                outcomes.append(err)
+        return outcomes
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def download(
@@ -230,15 +261,19 @@ def download(
 
 
 def remote_size(remote: Remote, policy: DownloadPolicy) -> int | None:
-    """The size the server announces for `remote` (HEAD, following redirects), for the disk preflight."""
+    """The size the server announces for `remote`, for the disk preflight: HEAD, or the headers of a GET whose body
+    is not read when the server does not answer HEAD (405, 501)."""
+    options = {
+        "headers": {"Accept-Encoding": "identity", **remote.headers},
+        "auth": remote.auth,
+        "allow_redirects": True,
+        "timeout": (policy.timeout_s, policy.timeout_s),
+    }
     try:
-        with requests.head(
-            remote.url,
-            headers={"Accept-Encoding": "identity", **remote.headers},
-            auth=remote.auth,
-            allow_redirects=True,
-            timeout=(policy.timeout_s, policy.timeout_s),
-        ) as response:
+        response = requests.head(remote.url, **options)
+        if response.status_code in (405, 501):
+            response = requests.get(remote.url, stream=True, **options)
+        with response:
             if response.status_code >= 400:
                 raise DownloadError(_refusal(remote.url, response), status=response.status_code)
             return _content_length(remote.url, response)
@@ -314,6 +349,7 @@ class _Transfer:
         self.state = _State.load(part, remote.url)
         self.lock = threading.Lock()
         self.restart = threading.Event()  # a reply showed the file changed: the parts so far are worthless
+        self.abort = threading.Event()  # a part failed or the user interrupted: the other parts stop too
         self.unsaved = 0
         self.task: Any = None
 
@@ -326,22 +362,22 @@ class _Transfer:
     def attempt(self) -> None:
         """Fetch what is missing over parallel connections; raise _TransientError when one failed (bytes kept)."""
         self.restart.clear()
+        self.abort.clear()
         first = self._first_request() if self.state is None else None
         todo = [piece for piece in self.state.parts if not piece.complete]
         self._show()
-        jobs = [lambda piece=piece: self._fetch_range(piece) for piece in todo]
+        jobs = [partial(self._fetch_range, piece) for piece in todo]
         if first is not None:
-            jobs[0] = lambda: self._stream_reply(first, self.state.parts[0])
-        with ThreadPoolExecutor(max(1, min(len(jobs), self.policy.connections))) as pool:
-            errors = [err for err in pool.map(_outcome, jobs) if err is not None]
+            jobs[0] = partial(self._stream_reply, first, self.state.parts[0])
+        outcomes = _run_all(jobs, self.policy.connections, self.abort, lambda err: not isinstance(err, _TransientError))
+        errors = [err for err in outcomes if isinstance(err, BaseException)]
         if self.restart.is_set():
             self.state = None
             _discard(self.part)
             raise _TransientError("the server's file changed or it ignored a ranged request; starting over")
         self.state.save(self.part)
-        fatal = [err for err in errors if not isinstance(err, _TransientError)]
-        if fatal or errors:
-            raise (fatal or errors)[0]
+        if errors:  # the cause first: a fatal error before the parts it stopped, before transient ones
+            raise min(errors, key=lambda err: (isinstance(err, _TransientError), isinstance(err, _StoppedError)))
 
     def _first_request(self) -> tuple[requests.Session, requests.Response]:
         """GET without Range: learn the size and validator and plan the parts; the reply then fills the first."""
@@ -435,6 +471,8 @@ class _Transfer:
                     raise _StoppedError(f"{self.remote.url}: stopped because another download failed")
                 if self.restart.is_set():
                     return
+                if self.abort.is_set():
+                    raise _StoppedError(f"{self.remote.url}: stopped with the other parts of the download")
                 try:
                     data = response.raw.read1(min(CHUNK, piece.end - piece.start - piece.done))
                 except TRANSIENT_ERRORS as err:
@@ -489,15 +527,6 @@ class _Transfer:
             f"{self.remote.url}: the deadline of {self.policy.deadline_s:g} s (data.download.deadline_s) passed "
             f"with {self.received()} bytes received; run again to resume"
         )
-
-
-def _outcome(job: Any) -> BaseException | None:
-    """Run a part's job in a worker thread; its error is returned, so the attempt sees every part's outcome."""
-    try:
-        job()
-    except BaseException as err:  # re-raised by the attempt
-        return err
-    return None
 
 
 @contextmanager
