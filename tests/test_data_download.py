@@ -178,30 +178,36 @@ def _can_mount_tmpfs() -> bool:
 
 @pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unprivileged user and mount namespaces (unshare)")
 def test_the_disk_preflight_refuses_a_source_larger_than_the_free_space(tmp_path: Path) -> None:
-    small, large = _blob(150_000), _blob(3_000_000)
-    served = Served(files={"/small.png": small, "/large.png": large})
+    files = {"/small.png": _blob(150_000), "/large.png": _blob(3_000_000), "/a.png": _blob(300_000)}
+    files["/b.png"] = _blob(300_000)
+    served = Served(files=files)
     data = tmp_path / "data"
     data.mkdir()
 
-    def fetch_in_tmpfs(name: str, body: bytes) -> subprocess.CompletedProcess:
+    def fetch_in_tmpfs(*paths: str) -> subprocess.CompletedProcess:
         """Stage fetch@web (its entry point, as DVC runs it) with data/ on a 1 MiB tmpfs in its own mount namespace."""
-        params = http_source_params(tmp_path, [{"url": served.url(f"/{name}"), "size": len(body)}], split="eval")
-        (tmp_path / "params.yaml").write_text(json.dumps(params))
+        entries = [{"url": served.url(path), "size": len(files[path])} for path in paths]
+        (tmp_path / "params.yaml").write_text(json.dumps(http_source_params(tmp_path, entries, split="eval")))
         script = f"mount -t tmpfs -o size=1m tmpfs {data} && exec {sys.executable} -m pipelines.fetch web"
         command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script]
         env = {**tool_env(), "PYTHONPATH": str(ROOT)}
         return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
 
     with http_server(served):
-        refused = fetch_in_tmpfs("large.png", large)
+        refused = fetch_in_tmpfs("/large.png")
         assert served.requests == []  # nothing was downloaded
-        fits = fetch_in_tmpfs("small.png", small)
+        fits = fetch_in_tmpfs("/small.png")
+        assert served.requests == [("/small.png", None)]
+        # 2 x 300 kB of downloads + 600 kB of files do not fit at once; one download at a time does
+        in_turn = fetch_in_tmpfs("/a.png", "/b.png")
     assert refused.returncode == 2, refused.stderr
     message = refused.stderr.strip()
     assert message.count("\n") == 0 and message.startswith("error: web: needs 5.7 MiB")
     assert "only 1.0 MiB is free" in message
     assert fits.returncode == 0, fits.stderr
-    assert served.requests == [("/small.png", None)]
+    assert in_turn.returncode == 0, in_turn.stderr
+    assert "one at a time" in in_turn.stderr
+    assert served.requests[1:] == [("/a.png", None), ("/b.png", None)]
 
 
 def test_the_sample_is_one_training_shard_and_loose_evaluation_files(tmp_path: Path) -> None:

@@ -474,7 +474,7 @@ class _Transfer:
                 if self.abort.is_set():
                     raise _StoppedError(f"{self.remote.url}: stopped with the other parts of the download")
                 try:
-                    data = response.raw.read1(min(CHUNK, piece.end - piece.start - piece.done))
+                    data = response.raw.read1(min(CHUNK, piece.end - piece.start - piece.done), decode_content=False)
                 except TRANSIENT_ERRORS as err:
                     raise _TransientError(f"connection dropped at byte {piece.start + piece.done}") from err
                 if not data:

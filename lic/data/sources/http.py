@@ -7,6 +7,7 @@ archive; a single image keeps its file name.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ def plan(settings: dict[str, Any], context: FetchContext) -> Plan:
 
 
 def fetch(
-    settings: dict[str, Any], downloads: list[tuple[Remote, Path]], place: Placement, context: FetchContext
+    settings: dict[str, Any], downloads: Iterable[tuple[Remote, Path]], place: Placement, context: FetchContext
 ) -> dict[str, Any]:
     split = settings["split"]
     for remote, path in downloads:

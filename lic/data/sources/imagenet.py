@@ -11,7 +11,7 @@ With none of them the stage stops and says exactly that. Images become shard mem
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -55,7 +55,7 @@ def plan(settings: dict[str, Any], context: FetchContext) -> Plan:
 
 
 def fetch(
-    settings: dict[str, Any], downloads: list[tuple[Remote, Path]], place: Placement, context: FetchContext
+    settings: dict[str, Any], downloads: Iterable[tuple[Remote, Path]], place: Placement, context: FetchContext
 ) -> dict[str, Any]:
     split = settings["split"]
     route = _route(settings, context)

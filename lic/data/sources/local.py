@@ -7,6 +7,7 @@ stage reports what is unusable, it is not silently dropped here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ def plan(settings: dict[str, Any], context: FetchContext) -> Plan:
     return Plan(local_bytes=sum(path.stat().st_size for path in _images(Path(settings["path"]))))
 
 
-def fetch(settings: dict[str, Any], downloads: list, place: Placement, context: FetchContext) -> dict[str, Any]:
+def fetch(settings: dict[str, Any], downloads: Iterable, place: Placement, context: FetchContext) -> dict[str, Any]:
     folder = Path(settings["path"])
     files = _images(folder)
     for path in files:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def plan(settings: dict[str, Any], context: FetchContext) -> Plan:
     return Plan(local_bytes=sum(path.stat().st_size for path in files))
 
 
-def fetch(settings: dict[str, Any], downloads: list, place: Placement, context: FetchContext) -> dict[str, Any]:
+def fetch(settings: dict[str, Any], downloads: Iterable, place: Placement, context: FetchContext) -> dict[str, Any]:
     """Pack the train list into train-00000.tar (members `skimage/<file>`) and copy the eval list under eval/."""
     shared = set(settings["train"]) & set(settings["eval"])
     if shared:

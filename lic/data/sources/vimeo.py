@@ -7,6 +7,7 @@ listed clip are kept (1 keeps the middle frame, im4), as members `<clip>/<sub-cl
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,7 +27,7 @@ def plan(settings: dict[str, Any], context: FetchContext) -> Plan:
 
 
 def fetch(
-    settings: dict[str, Any], downloads: list[tuple[Remote, Path]], place: Placement, context: FetchContext
+    settings: dict[str, Any], downloads: Iterable[tuple[Remote, Path]], place: Placement, context: FetchContext
 ) -> dict[str, Any]:
     keep = frame_names(int(settings["frames_per_sequence"]))
     clips = frames = 0
