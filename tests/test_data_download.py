@@ -20,7 +20,7 @@ from data_support import ROOT, Served, encode, http_server, http_source_params, 
 from lic.data.archive import ArchiveError, ArchiveLimits, Member
 from lic.data.download import DownloadError, DownloadPolicy, Remote, download
 from lic.data.fetch import fetch_source
-from lic.data.layout import Placement
+from lic.data.layout import SHARD_GLOB, Placement
 from lic.errors import LicError
 
 pytestmark = pytest.mark.integration
@@ -73,10 +73,20 @@ def test_size_announced_by_the_server_must_match_params(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 def _shard_members(dest: Path) -> dict[str, bytes]:
     """Every member of every training shard of a fetched source, by name."""
     found = {}
-    for shard in sorted(dest.glob("train-*.tar")):
+    for shard in sorted(dest.glob(SHARD_GLOB)):
         with tarfile.open(shard) as tf:
             found.update({info.name: tf.extractfile(info).read() for info in tf})
     return found
@@ -180,6 +190,8 @@ def _can_mount_tmpfs() -> bool:
 def test_the_disk_preflight_refuses_a_source_larger_than_the_free_space(tmp_path: Path) -> None:
     files = {"/small.png": _blob(150_000), "/large.png": _blob(3_000_000), "/a.png": _blob(300_000)}
     files["/b.png"] = _blob(300_000)
+    pattern = _blob(10_000)  # 1.5 MB that gzip squeezes 100-fold (under max_ratio): more than the preflight expects
+    files["/dense.tar.gz"] = _tar_gz({f"set/{i}.png": pattern * 10 for i in range(15)})
     served = Served(files=files)
     data = tmp_path / "data"
     data.mkdir()
@@ -200,6 +212,7 @@ def test_the_disk_preflight_refuses_a_source_larger_than_the_free_space(tmp_path
         assert served.requests == [("/small.png", None)]
         # 2 x 300 kB of downloads + 600 kB of files do not fit at once; one download at a time does
         in_turn = fetch_in_tmpfs("/a.png", "/b.png")
+        overflow = fetch_in_tmpfs("/dense.tar.gz")
     assert refused.returncode == 2, refused.stderr
     message = refused.stderr.strip()
     assert message.count("\n") == 0 and message.startswith("error: web: needs 5.7 MiB")
@@ -207,7 +220,10 @@ def test_the_disk_preflight_refuses_a_source_larger_than_the_free_space(tmp_path
     assert fits.returncode == 0, fits.stderr
     assert in_turn.returncode == 0, in_turn.stderr
     assert "one at a time" in in_turn.stderr
-    assert served.requests[1:] == [("/a.png", None), ("/b.png", None)]
+    assert served.requests[1:3] == [("/a.png", None), ("/b.png", None)]
+    assert overflow.returncode == 2, overflow.stderr  # the disk filled while packing: one line, no traceback
+    assert overflow.stderr.strip().splitlines()[-1].endswith("cannot write the raw data (No space left on device)")
+    assert "Traceback" not in overflow.stderr
 
 
 def test_the_sample_is_one_training_shard_and_loose_evaluation_files(tmp_path: Path) -> None:

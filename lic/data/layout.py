@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lic.data.archive import MEMBER_ERRORS, ArchiveError, ArchiveLimits, Member, members, safe_name
+from lic.errors import LicError
 from lic.io import checksums
 from lic.io.progress import say
 
@@ -108,23 +109,38 @@ class Placement:
         return False
 
 
-def _copy(member: Member, out: IO[bytes]) -> None:
+def _copy(member: Member, out: IO[bytes], target: Path) -> None:
     """Copy a member's bytes, read to the end (so zip checks its CRC); damaged or short data is CorruptMemberError.
 
-    Read errors are the member's fault and become CorruptMemberError; write errors (a full disk) are not and propagate.
+    Read errors are the member's fault and become CorruptMemberError; a write error (a full disk) is the stage's
+    and ends it with one line.
     """
     copied = 0
     try:
-        with member.open() as src:
-            while chunk := src.read(CHUNK):
-                copied += len(chunk)
-                if copied > member.size:
-                    raise CorruptMemberError(f"longer than its declared {member.size} bytes")
-                out.write(chunk)
+        src = member.open()
     except MEMBER_ERRORS as err:
-        raise CorruptMemberError(f"damaged data ({type(err).__name__}: {err})") from None
+        raise CorruptMemberError(f"unreadable ({type(err).__name__}: {err})") from None
+    with src:
+        while True:
+            try:
+                chunk = src.read(CHUNK)
+            except MEMBER_ERRORS as err:
+                raise CorruptMemberError(f"damaged data ({type(err).__name__}: {err})") from None
+            if not chunk:
+                break
+            copied += len(chunk)
+            if copied > member.size:
+                raise CorruptMemberError(f"longer than its declared {member.size} bytes")
+            _write(out, chunk, target)
     if copied < member.size:
         raise CorruptMemberError(f"truncated: {copied} of {member.size} bytes")
+
+
+def _write(out: IO[bytes], data: bytes, target: Path) -> None:
+    try:
+        out.write(data)
+    except OSError as err:
+        raise LicError(f"{target}: cannot write the raw data ({err.strerror})") from None
 
 
 class _TarShards:
@@ -134,6 +150,7 @@ class _TarShards:
         self.folder, self.shard_bytes = folder, max(1, shard_bytes)
         self.records: list[dict[str, Any]] = []
         self.out: IO[bytes] | None = None
+        self.path = folder  # the shard being written, once there is one
         self.members: list[dict[str, Any]] = []
 
     def add(self, name: str, member: Member) -> None:
@@ -144,14 +161,14 @@ class _TarShards:
         if self.out is None or (self.members and self.out.tell() + entry + len(END_OF_ARCHIVE) > self.shard_bytes):
             self._next_shard()
         start = self.out.tell()
-        self.out.write(header)
+        _write(self.out, header, self.path)
         try:
-            _copy(member, self.out)
+            _copy(member, self.out, self.path)
         except CorruptMemberError:
             self.out.seek(start)
             self.out.truncate()
             raise
-        self.out.write(bytes((-member.size) % BLOCK))
+        _write(self.out, bytes((-member.size) % BLOCK), self.path)
         self.members.append({"name": name, "size": member.size, "offset": start + len(header)})
 
     def close(self) -> list[dict[str, Any]]:
@@ -160,20 +177,23 @@ class _TarShards:
 
     def _next_shard(self) -> None:
         self._finish()
-        path = self.folder / shard_name(len(self.records))
+        path = self.path = self.folder / shard_name(len(self.records))
         self.out = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb")
 
     def _finish(self) -> None:
         if self.out is None:
             return
-        path = self.folder / shard_name(len(self.records))
+        path = self.path
         if not self.members:  # every member of this shard was skipped
             self.out.close()
             path.unlink()
         else:
-            self.out.write(END_OF_ARCHIVE)
-            self.out.flush()
-            os.fsync(self.out.fileno())
+            _write(self.out, END_OF_ARCHIVE, path)
+            try:
+                self.out.flush()
+                os.fsync(self.out.fileno())
+            except OSError as err:
+                raise LicError(f"{path}: cannot write the raw data ({err.strerror})") from None
             self.out.close()
             self.records.append(
                 {
@@ -196,7 +216,7 @@ class _LooseFiles:
         self.root.mkdir(parents=True, exist_ok=True)
         with os.fdopen(create_beneath(self.root, name), "wb") as out:
             try:
-                _copy(member, out)
+                _copy(member, out, self.root / name)
             except CorruptMemberError:
                 (self.root / name).unlink()
                 raise
