@@ -58,6 +58,7 @@ class RuleError(ValueError):
 class DataPaths(Section):
     raw: str = Field(description="fetch@<source> output: data/raw/<source>/")
     downloads: str = Field(description="partial downloads and archives, outside DVC so a failed fetch resumes")
+    pins: str = Field(description="SHA-256 and size of downloads without a published checksum (commit it)")
     source_manifests: str = Field(description="manifest@<source> output folder: <source>.parquet")
     merged: str = Field(description="dedupe: every file of the active sources with its dedup decision")
     train: str = Field(description="dedupe: the deduplicated training images, what the shard stage reads")
@@ -70,7 +71,21 @@ class Download(Section):
     retries: Count = Field(description="attempts after the first; each resumes where the last stopped")
     backoff_s: Annotated[float, Field(ge=0)] = Field(description="wait before retry n: backoff_s * 2**(n-1)")
     timeout_s: Annotated[float, Field(gt=0)] = Field(description="connect and read timeout")
-    keep_archives: bool = Field(description="keep verified archives after extraction")
+    keep_archives: bool = Field(description="keep verified archives after packing")
+    deadline_s: Annotated[float, Field(gt=0)] = Field(description="one file's attempts together give up after this")
+    min_speed_kib_s: Annotated[float, Field(ge=0)] = Field(description="a slower connection is dropped and retried")
+    speed_window_s: Annotated[float, Field(gt=0)] = Field(description="the window min_speed_kib_s is measured over")
+    files_at_once: PositiveInt = Field(description="files downloaded at the same time")
+    connections: PositiveInt = Field(description="parallel ranged requests per large file")
+    part_mb: Annotated[float, Field(gt=0)] = Field(description="a file is split in parts of at least this size")
+
+
+class ArchiveLimits(Section):
+    """What one untrusted archive may cost; over a limit it is refused (or the member a reported skip)."""
+
+    max_total_gb: Annotated[float, Field(gt=0)] = Field(description="bytes decompressed from one archive")
+    max_member_mb: Annotated[float, Field(gt=0)] = Field(description="one member")
+    max_ratio: Annotated[float, Field(ge=1)] = Field(description="decompressed / compressed bytes")
 
 
 class MinSide(Section):
@@ -163,6 +178,8 @@ class Data(Section):
     profiles: dict[Key, list[Key]] = Field(description="sources per profile, in keep-preference order")
     paths: DataPaths
     download: Download
+    archive_shard_mb: Annotated[float, Field(gt=0)] = Field(description="training images packed in tar shards this big")
+    archive_limits: ArchiveLimits
     workers: Count = Field(description="processes decoding and hashing images; 0 = every CPU available")
     min_side: MinSide
     hash: Hashing
@@ -317,8 +334,6 @@ class Params(Section):
     def _sections_agree(self) -> Params:
         if self.profile not in self.data.profiles:
             raise RuleError("profile", self.profile, f"one of data.profiles ({', '.join(self.data.profiles)})")
-        if self.profile not in self.train.steps:
-            raise RuleError("train.steps", self.train.steps, f"an entry for profile {self.profile!r}")
         unshardable = sorted(set(self.loader.crops) - set(self.shards.crop_sizes))
         if unshardable:
             raise RuleError(

@@ -39,7 +39,12 @@ def _imagenet_params(tmp_path: Path) -> dict:
 
 
 def _images(dest: Path) -> list[str]:
-    return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*.JPEG"))
+    """The JPEG members of the source's training shards."""
+    names = []
+    for shard in dest.glob("train-*.tar"):
+        with tarfile.open(shard) as tf:
+            names += [name for name in tf.getnames() if name.endswith(".JPEG")]
+    return sorted(names)
 
 
 def test_official_tars_are_checked_and_unpacked(tmp_path: Path) -> None:
@@ -51,12 +56,12 @@ def test_official_tars_are_checked_and_unpacked(tmp_path: Path) -> None:
     settings = params["data"]["sources"]["imagenet"]
     settings["checksums"]["ILSVRC2012_img_train.tar"] = "md5:" + hashlib.md5(train).hexdigest()
     dest = fetch_source(parse_params(params), "imagenet", env={})
-    assert _images(dest) == [f"train/train/{w}/{w}_{n}.JPEG" for w in ("n01", "n02") for n in (1, 2)]
+    assert _images(dest) == [f"train/{w}/{w}_{n}.JPEG" for w in ("n01", "n02") for n in (1, 2)]
 
     settings["checksums"]["ILSVRC2012_img_train.tar"] = "md5:" + "0" * 32
     with pytest.raises(LicError, match="checksum differs"):
         fetch_source(parse_params(params), "imagenet", env={})
-    assert _images(dest) == [f"train/train/{w}/{w}_{n}.JPEG" for w in ("n01", "n02") for n in (1, 2)]  # untouched
+    assert _images(dest) == [f"train/{w}/{w}_{n}.JPEG" for w in ("n01", "n02") for n in (1, 2)]  # untouched
 
 
 def test_an_extracted_tree_is_used_as_it_is(tmp_path: Path) -> None:
@@ -67,7 +72,7 @@ def test_an_extracted_tree_is_used_as_it_is(tmp_path: Path) -> None:
         (local / relative).parent.mkdir(parents=True, exist_ok=True)
         (local / relative).write_bytes(JPEG)
     dest = fetch_source(parse_params(params), "imagenet", env={})
-    assert _images(dest) == ["train/train/n01/a.JPEG", "train/val/ILSVRC2012_val_00000001.JPEG"]
+    assert _images(dest) == ["train/n01/a.JPEG", "val/ILSVRC2012_val_00000001.JPEG"]
 
 
 @pytest.mark.integration
@@ -83,7 +88,7 @@ def test_hugging_face_download_sends_the_token_and_explains_a_refusal(tmp_path: 
         with pytest.raises(LicError, match=r"401.*huggingface.co/datasets/ILSVRC/imagenet-1k"):
             fetch_source(parse_params(params), "imagenet", env={"HF_TOKEN": "hf_wrong"})
         dest = fetch_source(parse_params(params), "imagenet", env={"HF_TOKEN": "hf_good"})
-    assert _images(dest) == ["train/train/n01_1_n01.JPEG", "train/train/n02_7_n02.JPEG"]
+    assert _images(dest) == ["train/n01_1_n01.JPEG", "train/n02_7_n02.JPEG"]
 
 
 def test_without_data_or_credentials_the_cli_says_exactly_what_to_provide(tmp_path: Path) -> None:

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lic.data import archive
+from lic.data.layout import Placement
 from lic.data.neighbours import Hashes, near_pairs
 from lic.data.sources.vimeo import frame_names
 from lic.errors import LicError
 from lic.io.atomic import staged_directory
+from tests.data_support import archive_limits
 
 
 def test_a_failed_fetch_keeps_the_previous_tree_and_leaves_no_staging(tmp_path: Path) -> None:
@@ -34,8 +35,9 @@ def test_extraction_refuses_members_outside_the_destination(tmp_path: Path) -> N
         info.size = 3
         tf.addfile(info, io.BytesIO(b"bad"))
     (tmp_path / "evil.tar").write_bytes(buffer.getvalue())
+    place = Placement(tmp_path / "out", 2**20, archive_limits())
     with pytest.raises(LicError, match="outside"):
-        archive.extract(archive.members(tmp_path / "evil.tar"), tmp_path / "out", lambda name: name)
+        place.add_archive("eval", tmp_path / "evil.tar", lambda name: name)
     assert not (tmp_path.parent / "escape.png").exists()
 
 

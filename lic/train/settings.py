@@ -105,6 +105,8 @@ def resolve(
     if not params.shards.validation_images:
         raise LicError("training validates on held-out images: set shards.validation_images to 1 or more")
 
+    if params.profile not in train.steps:
+        raise LicError(f"train.steps = {dict(train.steps)}: no entry for profile {params.profile!r}")
     optimisation = Optimisation(
         steps=train.steps[params.profile],
         lr=train.lr,

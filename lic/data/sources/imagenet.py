@@ -6,19 +6,19 @@
 2. a Hugging Face token in HF_TOKEN, for an account that accepted the terms of ILSVRC/imagenet-1k;
 3. KAGGLE_USERNAME and KAGGLE_KEY, for an account that joined the ImageNet localisation competition.
 
-With none of them the stage stops and says exactly that. Images land in `<split>/<imagenet split>/...`.
+With none of them the stage stops and says exactly that. Images become shard members `<imagenet split>/...`.
 """
 
 from __future__ import annotations
 
-import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lic.data import archive
-from lic.data.download import DownloadError, Remote, download, provenance
-from lic.data.fetch import FetchContext, place
+from lic.data.download import Remote
+from lic.data.fetch import FetchContext, Plan
+from lic.data.layout import Placement
 from lic.data.rgb import image_member, is_image_name
 from lic.errors import LicError
 from lic.io import checksums
@@ -28,17 +28,57 @@ KAGGLE_TERMS = "https://www.kaggle.com/competitions/imagenet-object-localization
 KAGGLE_PREFIX = "ILSVRC/Data/CLS-LOC/"
 
 
-def fetch(settings: dict[str, Any], staging: Path, context: FetchContext) -> dict[str, Any]:
-    local = Path(settings.local)
-    out = staging / settings.split
-    if _provided(local, settings.splits):
-        return _from_local(local, settings, out)
-    token = context.env.get("HF_TOKEN") or context.env.get("HUGGING_FACE_HUB_TOKEN")
-    if token:
-        return _from_huggingface(settings, out, context, token)
-    if context.env.get("KAGGLE_USERNAME") and context.env.get("KAGGLE_KEY"):
-        return _from_kaggle(settings, out, context, (context.env["KAGGLE_USERNAME"], context.env["KAGGLE_KEY"]))
-    raise LicError(missing_message(local, settings.splits))
+def plan(settings: dict[str, Any], context: FetchContext) -> Plan:
+    route = _route(settings, context)
+    if route == "local":
+        local = Path(settings.local)
+        inputs = [_local_input(local, split) for split in settings.splits]
+        files = [path for path in inputs if path.is_file()]
+        files += [
+            p for tree in inputs if tree.is_dir() for p in tree.rglob("*") if p.is_file() and is_image_name(p.name)
+        ]
+        return Plan(local_bytes=sum(path.stat().st_size for path in files))
+    if route == "huggingface":
+        hub, token = settings.huggingface, _token(context)
+        remotes = [
+            Remote(url=f"{hub.url}/{name}", headers={"Authorization": f"Bearer {token}"})
+            for split in settings.splits
+            for name in hub.files[split]
+        ]
+        return Plan(remotes=remotes, access_hint=f"Check the credentials and accept the terms at {HF_TERMS}.")
+    auth = (context.env["KAGGLE_USERNAME"], context.env["KAGGLE_KEY"])
+    remote = Remote.from_params(settings.kaggle)
+    return Plan(
+        remotes=[Remote(remote.url, remote.size, remote.checksum, remote.name, auth=auth)],
+        access_hint=f"Check the credentials and accept the terms at {KAGGLE_TERMS}.",
+    )
+
+
+def fetch(
+    settings: dict[str, Any], downloads: Iterable[tuple[Remote, Path]], place: Placement, context: FetchContext
+) -> dict[str, Any]:
+    split = settings.split
+    route = _route(settings, context)
+    if route == "local":
+        local = Path(settings.local)
+        return {"inputs": [_from_local(local, s, settings, place, context) for s in settings.splits], "via": "local"}
+    if route == "huggingface":
+        files = iter(downloads)
+        for imagenet_split in settings.splits:
+            for _ in settings.huggingface.files[imagenet_split]:
+                _, path = next(files)
+                place.add_archive(split, path, lambda name, s=imagenet_split: _basename_image(name, s))
+        return {"via": "huggingface"}
+    wanted = tuple(f"{KAGGLE_PREFIX}{s}/" for s in settings.splits)
+
+    def select(name: str) -> str | None:
+        if not name.startswith(wanted) or not is_image_name(name):
+            return None
+        return name[len(KAGGLE_PREFIX) :]
+
+    for _, path in downloads:
+        place.add_archive(split, path, select)
+    return {"via": "kaggle"}
 
 
 def missing_message(local: Path, splits: list[str]) -> str:
@@ -52,80 +92,59 @@ def missing_message(local: Path, splits: list[str]) -> str:
     )
 
 
-def _provided(local: Path, splits: list[str]) -> bool:
-    return any((local / f"ILSVRC2012_img_{split}.tar").is_file() or (local / split).is_dir() for split in splits)
+def _route(settings: dict[str, Any], context: FetchContext) -> str:
+    local = Path(settings.local)
+    if any(_local_input(local, split).exists() for split in settings.splits):
+        return "local"
+    if _token(context):
+        return "huggingface"
+    if context.env.get("KAGGLE_USERNAME") and context.env.get("KAGGLE_KEY"):
+        return "kaggle"
+    raise LicError(missing_message(local, settings.splits))
 
 
-def _from_local(local: Path, settings: dict[str, Any], out: Path) -> dict[str, Any]:
-    inputs = []
-    for split in settings.splits:
-        tar = local / f"ILSVRC2012_img_{split}.tar"
-        tree = local / split
-        if tar.is_file():
-            expected = settings.checksums.get(tar.name)
-            if expected and not checksums.matches(tar, expected):
-                raise LicError(f"{tar}: checksum differs from the published {expected}; the file is damaged")
-            count = archive.extract(_official_tar(tar), out / split, image_member)
-            inputs.append({"path": tar.as_posix(), "checksum": expected, "images": count})
-        elif tree.is_dir():
-            files = [p for p in sorted(tree.rglob("*")) if p.is_file() and is_image_name(p.name)]
-            for path in files:
-                place(path, out / split / path.relative_to(tree))
-            inputs.append({"path": tree.as_posix(), "images": len(files)})
-        else:
-            raise LicError(f"{local}: has neither {tar.name} nor {split}/ for the ImageNet split {split!r}")
-    return {"inputs": inputs, "via": "local"}
+def _token(context: FetchContext) -> str | None:
+    return context.env.get("HF_TOKEN") or context.env.get("HUGGING_FACE_HUB_TOKEN")
 
 
-def _official_tar(tar: Path) -> Iterator[archive.Member]:
+def _local_input(local: Path, split: str) -> Path:
+    """The official tar of a split when present, else its extracted tree."""
+    tar = local / f"ILSVRC2012_img_{split}.tar"
+    return tar if tar.is_file() else local / split
+
+
+def _from_local(local: Path, split: str, settings: dict[str, Any], place: Placement, context: FetchContext) -> dict:
+    source = _local_input(local, split)
+    if source.is_file():
+        expected = settings.checksums.get(source.name)
+        if expected and not checksums.matches(source, expected):
+            raise LicError(f"{source}: checksum differs from the published {expected}; the file is damaged")
+        count = place.add_members(
+            settings.split, _official_tar(source, context), lambda name: _prefixed(name, split), source.name
+        )
+        return {"path": source.as_posix(), "checksum": expected, "images": count}
+    if source.is_dir():
+        files = [p for p in sorted(source.rglob("*")) if p.is_file() and is_image_name(p.name)]
+        for path in files:
+            place.add_file(settings.split, f"{split}/{path.relative_to(source).as_posix()}", path)
+        return {"path": source.as_posix(), "images": len(files)}
+    raise LicError(f"{local}: has neither ILSVRC2012_img_{split}.tar nor {split}/ for the ImageNet split {split!r}")
+
+
+def _official_tar(tar: Path, context: FetchContext) -> Iterator[archive.Member]:
     """Members of ILSVRC2012_img_<split>.tar; the train tar holds `<wnid>.tar` per class, named `<wnid>/<file>`."""
-    with tarfile.open(tar, mode="r|") as outer:
-        for name, open_member in archive.tar_members(outer):
-            if not name.endswith(".tar"):
-                yield name, open_member
-                continue
-            wnid = PurePosixPath(name).stem
-            with open_member() as inner_file, tarfile.open(fileobj=inner_file, mode="r|") as inner:
-                for inner_name, open_inner in archive.tar_members(inner):
-                    yield f"{wnid}/{inner_name}", open_inner
+    for outer in archive.members(tar, context.limits):
+        if not outer.name.endswith(".tar"):
+            yield outer
+            continue
+        wnid = PurePosixPath(outer.name).stem
+        for inner in archive.nested(outer, context.limits):
+            yield archive.Member(f"{wnid}/{inner.name}", inner.size, inner.open)
 
 
-def _from_huggingface(settings: dict[str, Any], out: Path, context: FetchContext, token: str) -> dict[str, Any]:
-    hub = settings.huggingface
-    inputs = []
-    for split in settings.splits:
-        for name in hub.files[split]:
-            remote = Remote(url=f"{hub.url}/{name}")
-            path = _authorised(remote, context, {"Authorization": f"Bearer {token}"}, None, HF_TERMS)
-            inputs.append(provenance(remote, path))
-            archive.extract(archive.members(path), out / split, _basename_image)
-    return {"inputs": inputs, "via": "huggingface"}
+def _prefixed(name: str, split: str) -> str | None:
+    return f"{split}/{name}" if image_member(name) else None
 
 
-def _from_kaggle(settings: dict[str, Any], out: Path, context: FetchContext, auth: tuple[str, str]) -> dict[str, Any]:
-    remote = Remote.from_params(settings.kaggle)
-    path = _authorised(remote, context, {}, auth, KAGGLE_TERMS)
-    wanted = tuple(f"{KAGGLE_PREFIX}{split}/" for split in settings.splits)
-
-    def select(name: str) -> str | None:
-        if not name.startswith(wanted) or not is_image_name(name):
-            return None
-        return name[len(KAGGLE_PREFIX) :]
-
-    archive.extract(archive.members(path), out, select)
-    return {"inputs": [provenance(remote, path)], "via": "kaggle"}
-
-
-def _basename_image(name: str) -> str | None:
-    return PurePosixPath(name).name if is_image_name(name) else None
-
-
-def _authorised(
-    remote: Remote, context: FetchContext, headers: Mapping[str, str], auth: tuple[str, str] | None, terms: str
-) -> Path:
-    try:
-        return download(remote, context.downloads, context.policy, headers=headers, auth=auth)
-    except DownloadError as err:
-        if err.status in (401, 403):
-            raise LicError(f"{err} Check the credentials and accept the terms at {terms}.") from None
-        raise
+def _basename_image(name: str, split: str) -> str | None:
+    return f"{split}/{PurePosixPath(name).name}" if is_image_name(name) else None

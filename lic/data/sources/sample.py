@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lic.data.fetch import FetchContext
+from lic.data.fetch import FetchContext, Plan
+from lic.data.layout import Placement
 from lic.errors import LicError
 from lic.io import checksums
 
@@ -45,8 +46,13 @@ _PACKAGES = {
 }
 
 
-def fetch(settings: dict[str, Any], staging: Path, context: FetchContext) -> dict[str, Any]:
-    """Copy the listed files into staging/train and staging/eval; the two lists must not share a file."""
+def plan(settings: dict[str, Any], context: FetchContext) -> Plan:
+    files = [_shipped_file(entry)[0] for split in ("train", "eval") for entry in getattr(settings, split)]
+    return Plan(local_bytes=sum(path.stat().st_size for path in files))
+
+
+def fetch(settings: dict[str, Any], downloads: Iterable, place: Placement, context: FetchContext) -> dict[str, Any]:
+    """Pack the train list into train-00000.tar (members `skimage/<file>`) and copy the eval list under eval/."""
     shared = set(settings.train) & set(settings.eval)
     if shared:
         raise LicError(f"sample: files in both train and eval: {', '.join(sorted(shared))}")
@@ -54,10 +60,8 @@ def fetch(settings: dict[str, Any], staging: Path, context: FetchContext) -> dic
     for split in ("train", "eval"):
         for entry in getattr(settings, split):
             src, version = _shipped_file(entry)
-            relative = f"{split}/{src.name}"
-            (staging / split).mkdir(exist_ok=True)
-            shutil.copyfile(src, staging / relative)  # a copy, never a link: DVC makes cached files read-only
-            licenses[relative] = LICENSES.get(entry, "unknown (see the shipping package)")
+            place.add_file(split, entry, src)  # a copy, never a link: DVC makes cached files read-only
+            licenses[f"{split}/{entry}"] = LICENSES.get(entry, "unknown (see the shipping package)")
             inputs.append({"file": entry, "package": version, "sha256": checksums.file_digest(src, "sha256")})
     return {"licenses": licenses, "inputs": inputs}
 
