@@ -7,8 +7,6 @@ straight away; CompressAI's `load_state_dict` resizes the CDF buffers to the sav
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import torch
 from compressai.models import CompressionModel
 
 from lic.errors import LicError
+from lic.io.atomic import atomic_path
 from lic.models import ModelSpec, build
 
 FORMAT_VERSION = 1
@@ -34,15 +33,8 @@ def save_checkpoint(path: str | Path, model: CompressionModel, **metadata: Any) 
         "metadata": metadata,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
