@@ -55,7 +55,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path) -> tuple[CompressionModel, dict[str, Any]]:
     """Rebuild the model from its recorded name and config and load the weights; returns (model, metadata)."""
     payload = read_checkpoint(path)
-    model = build(payload["model"], **payload["config"])
+    config = payload.get("config")
+    if not isinstance(config, dict) or not all(isinstance(key, str) for key in config):
+        raise LicError(f"{path}: bad configuration: expected a mapping of setting names, got {config!r:.80}")
+    try:
+        model = build(payload.get("model"), **config)
+    except LicError as err:
+        raise LicError(f"{path}: {err}") from None
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:

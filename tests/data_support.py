@@ -182,6 +182,18 @@ def png16(values: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
+def bilevel_png(height: int, width: int) -> bytes:
+    """A black 1-bit PNG, compressed row by row: a few KB to a few hundred that declare height x width pixels."""
+    compressor, row = zlib.compressobj(9), bytes(1 + -(-width // 8))
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def project_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 

@@ -21,7 +21,7 @@ from lic.codec.core import pad
 from lic.codec.determinism import deterministic
 from lic.codec.images import from_tensor, to_pixels, to_tensor
 from lic.errors import LicError
-from tests.data_support import SKIMAGE_DATA
+from tests.data_support import SKIMAGE_DATA, bilevel_png
 from tests.eval_support import tiny_checkpoint
 
 MATPLOTLIB_DATA = Path(__import__("matplotlib").get_data_path()) / "sample_data"
@@ -251,3 +251,15 @@ def test_resolver_hands_registry_uris_to_the_registry(checkpoint, model, monkeyp
     monkeypatch.setitem(sys.modules, "lic.registry", None)  # as if the registry package were not installed
     with pytest.raises(LicError, match="registry support is not installed"):
         resolve.resolve_model("runs:/0123/model")
+
+
+def test_decompress_has_a_budget_and_compress_refuses_bombs(capsys, checkpoint, good_lic, tmp_path) -> None:
+    (tmp_path / "coffee.lic").write_bytes(good_lic)  # 100 x 70
+    code, _, err = lic(capsys, "decompress", tmp_path / "coffee.lic", "-m", checkpoint, "--max-pixels", 6999)
+    assert code == 2 and "budget of 6,999 pixels" in one_line_error(err)
+    assert not (tmp_path / "coffee.png").exists()
+    code, _, err = lic(capsys, "decompress", tmp_path / "coffee.lic", "-m", checkpoint, "--max-pixels", 7000)
+    assert code == 0, err
+    (tmp_path / "bomb.png").write_bytes(bilevel_png(13300, 13300))
+    code, _, err = lic(capsys, "compress", tmp_path / "bomb.png", "-m", checkpoint)
+    assert code == 2 and "larger than the limit of 33,554,432 pixels" in one_line_error(err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 from dataclasses import replace
 
@@ -20,7 +21,8 @@ from lic.codec.determinism import deterministic
 from lic.codec.images import from_tensor, to_tensor
 from lic.errors import BitstreamError, LicError
 from lic.models import build
-from tests.data_support import SKIMAGE_DATA, photo, png16
+from tests.codec_support import forge
+from tests.data_support import SKIMAGE_DATA, bilevel_png, photo, png16
 from tests.eval_support import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -227,3 +229,98 @@ def test_streams_no_rans_encoder_writes_never_reach_the_decoder(model, rgb) -> N
         forged = pack(replace(header, stream_lengths=(len(cut), len(streams[1]))), [cut, streams[1]])
         with pytest.raises(BitstreamError, match="no rANS encoder writes"):
             codec.decode(forged, model)
+
+
+# --- budgets and strictness on untrusted bytes (issue 17) ----------------------------------------------------
+
+
+class _NoModel:
+    """Stands in for a model that must not be touched: any use of it fails the test."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"decode used the model ({name}) before refusing the file")
+
+
+def test_forge_writes_what_pack_writes(model, rgb) -> None:
+    data = codec.encode(rgb, model)
+    assert forge(*unpack(data)) == data
+
+
+def test_decode_refuses_images_over_the_pixel_budget_before_touching_the_model(model, rgb) -> None:
+    data = codec.encode(rgb, model)
+    header, streams = unpack(data)
+    assert codec.decode(data, model, max_pixels=96 * 130).size == (130, 96)
+    with pytest.raises(BitstreamError, match=r"96 x 130 .*budget of 12,479 pixels"):
+        codec.decode(data, _NoModel(), max_pixels=96 * 130 - 1)
+    forged = forge(replace(header, height=4096, width=2560), streams)  # 10.5 Mpx: over the default 8 Mpx budget
+    with pytest.raises(BitstreamError, match=r"4096 x 2560 .*budget of 8,388,608 pixels.*max-pixels"):
+        codec.decode(forged, _NoModel())
+
+
+def test_stream_lengths_must_fit_the_symbols_of_the_declared_size(model, rgb) -> None:
+    """A stream longer than its symbols can take at 53 bits each (in-table symbol, escape count and 32 raw bits),
+    or shorter than the most probable symbol of each table allows, cannot come from this model's encoder."""
+    header, (y, z) = unpack(codec.encode(rgb, model))
+    padded = forge(replace(header, stream_lengths=(len(y) + (1 << 16), len(z))), [y + bytes(1 << 16), z])
+    with pytest.raises(BitstreamError, match=r"stream 0 .* at most"):
+        codec.decode(padded, model)
+    small = codec.encode(np.asarray(photo("astronaut.png").crop((0, 0, 64, 64))), model)
+    small_header, small_streams = unpack(small)
+    reheaded = forge(replace(small_header, height=2048, width=2048), small_streams)
+    with pytest.raises(BitstreamError, match=r"stream 1 .* at least"):
+        codec.decode(reheaded, model)
+
+
+def test_varints_must_be_canonical() -> None:
+    """One number, one encoding: `c0 80 80 80 00` is 64 written in five bytes instead of one."""
+    header, streams = _header(height=64, stream_lengths=(8, 8)), [bytes(8), bytes(8)]
+    assert unpack(forge(header, streams))[0].height == 64
+    for height in (b"\xc0\x80\x80\x80\x00", b"\xc0\x00", b"\x80\x00"):
+        with pytest.raises(BitstreamError, match="height is not a canonical"):
+            unpack(forge(header, streams, height=height))
+    with pytest.raises(BitstreamError, match="length of stream 1 is not a canonical"):
+        unpack(forge(header, streams, lengths=[b"\x08", b"\x88\x00"]))
+    with pytest.raises(BitstreamError, match="width is not a canonical"):
+        unpack(forge(header, streams, width=b"\xff\xff\xff\xff\x7f"))  # above 32 bits
+
+
+def test_decode_wants_exactly_the_streams_the_model_codes(model, rgb) -> None:
+    header, streams = unpack(codec.encode(rgb, model))
+    extra = [*streams, bytes(8)]
+    forged = forge(replace(header, stream_lengths=tuple(map(len, extra))), extra)
+    with pytest.raises(BitstreamError, match="3 streams, but model loclic codes 2"):
+        codec.decode(forged, model)
+
+
+def test_decode_compares_the_model_name_too(model, rgb) -> None:
+    header, streams = unpack(codec.encode(rgb, model))
+    forged = forge(replace(header, model="mbt2018"), streams)  # the fingerprint is still this model's
+    with pytest.raises(BitstreamError, match=r"encoded by model mbt2018 .* not by the model given \(loclic"):
+        codec.decode(forged, model)
+
+
+def test_image_bombs_are_refused_before_they_are_decoded(tmp_path) -> None:
+    """6000 x 6000 is over the codec's limit; 13300 x 13300 is over Pillow's bomb threshold too (its warning is
+    an error here). Either is one LicError, raised from the declared size before load()."""
+    for side in (6000, 13300):
+        path = tmp_path / f"bomb-{side}.png"
+        path.write_bytes(bilevel_png(side, side))
+        assert path.stat().st_size < 1_000_000
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no DecompressionBombWarning on the side
+            with pytest.raises(LicError, match=f"{path.name}: .*larger than the limit of 33,554,432 pixels"):
+                codec.open_image(path)
+
+
+def test_multi_frame_inputs_are_coded_as_their_first_frame_with_a_warning(tmp_path) -> None:
+    frames = [Image.new("RGB", (32, 24), colour) for colour in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:2])
+    for name, count in (("animated.gif", 3), ("pages.tif", 2)):
+        with pytest.warns(codec.ImageWarning, match=f"{name}: {count} frames; only the first is coded"):
+            image = codec.open_image(tmp_path / name)
+        assert image.size == (32, 24) and image.getpixel((0, 0)) == (255, 0, 0)
+    frames[0].save(tmp_path / "still.gif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", codec.ImageWarning)
+        codec.open_image(tmp_path / "still.gif")  # one frame: nothing to say

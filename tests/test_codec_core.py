@@ -164,3 +164,49 @@ def test_each_scale_is_coded_with_the_cdf_compressai_picks(model) -> None:
     assert torch.equal(torch.tensor(original)[indexes].int(), model.gaussian_conditional.build_indexes(scales))
     assert lengths == [all_lengths[i] for i in original] and offsets == [all_offsets[i] for i in original]
     assert len(model._coder_arguments(torch.full((10,), 0.5))[1]) == 1
+
+
+FORGED_CONFIGS = {
+    "config not a dict": ("loclic", [8, 8, 16]),
+    "model not a name": (["loclic"], {}),
+    "M a string": ("loclic", {"M": "40"}),
+    "M a bool": ("loclic", {"M": True, "slices": 1}),
+    "M a float": ("loclic", {"M": 40.0, "slices": 2}),
+    "M huge": ("loclic", {"M": 200000, "slices": 2}),  # 1.44 TB of weights if it were built
+    "N huge": ("loclic", {"N": [8, 8, 1 << 20], "M": 40, "slices": 2}),
+    "N two levels": ("loclic", {"N": [8, 8], "M": 40, "slices": 2}),
+    "slices not dividing M": ("loclic", {"N": [8, 8, 16], "M": 40, "slices": 3}),
+    "unknown key": ("loclic", {"N": [8, 8, 16], "M": 40, "slices": 2, "gpu": "yes"}),
+    "quality a string": ("mbt2018-mean", {"quality": "6"}),
+    "quality out of range": ("mbt2018-mean", {"quality": 80}),
+    "metric unknown": ("mbt2018-mean", {"quality": 1, "metric": "psnr"}),
+}
+
+
+def test_forged_checkpoint_configs_are_clear_errors_before_any_model_is_built(tmp_path) -> None:
+    """A checkpoint that loads with weights_only=True can still carry a config of the wrong type or an absurd
+    size; each is refused with a LicError that names the checkpoint and the bad field, before building."""
+    payload = read_checkpoint(save_checkpoint(tmp_path / "good.pt", build("loclic", N=[8, 8, 16], M=40, slices=2)))
+    for case, (name, config) in FORGED_CONFIGS.items():
+        path = tmp_path / f"{case.replace(' ', '-')}.pt"
+        torch.save({**payload, "model": name, "config": config}, path)
+        with pytest.raises(LicError, match=f"{path}: (bad configuration|unknown model)") as caught:
+            load_checkpoint(path)
+        assert "\n" not in str(caught.value), case
+    assert "M: Input should be less than or equal to 640" in _message(tmp_path / "M-huge.pt")
+    assert "gpu" in _message(tmp_path / "unknown-key.pt")
+    assert "slices=3" in _message(tmp_path / "slices-not-dividing-M.pt")
+
+
+def _message(path: Path) -> str:
+    with pytest.raises(LicError) as caught:
+        load_checkpoint(path)
+    return str(caught.value)
+
+
+def test_every_registered_model_declares_its_configuration() -> None:
+    from lic.models.zoo import CONFIGS, list_models
+
+    assert sorted(CONFIGS) == list_models()
+    for name in list_models():
+        assert build(name).spec.config == {}  # the defaults come from the declared configuration

@@ -58,6 +58,28 @@ def test_a_server_that_exits_early_is_an_error_naming_its_log(tmp_path: Path) ->
         wait_ready(launch, start(launch))
 
 
+def test_the_ray_token_is_private_from_the_moment_it_exists(tmp_path: Path, monkeypatch) -> None:
+    """The token must never be readable by others, not even between its write and a chmod: the temporary file
+    renamed into place must already be 0600."""
+    from lic.stack import services
+
+    modes_at_rename = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        modes_at_rename.append(os.stat(source).st_mode & 0o777)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    old_umask = os.umask(0o022)
+    try:
+        token = services.write_ray_token(tmp_path / "ray_auth_token")
+    finally:
+        os.umask(old_umask)
+    assert modes_at_rename == [0o600]
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+
+
 def needs_stack(test):
     """Integration and slow: the module's stack starts real servers (20-60 s on 2 cores, more under load)."""
     return pytest.mark.integration(pytest.mark.slow(test))
@@ -173,6 +195,20 @@ def test_up_again_is_a_no_op_and_taken_ports_are_refused(stack, tmp_path: Path) 
     assert other.stderr.startswith("error: port ") and "already in use" in other.stderr
     assert "Traceback" not in other.stderr
     assert not (tmp_path / "other" / "run" / "state.json").exists()
+
+
+@needs_stack
+def test_the_run_folder_token_and_ray_temp_folder_are_private(stack) -> None:
+    """run/ holds the token and the logs; Ray's temp folder holds its sockets: neither may be open to others,
+    nor at a path another user can predict and take first."""
+    directory, ports = stack
+    state = json.loads((directory / "run" / "state.json").read_text())
+    assert (directory / "run").stat().st_mode & 0o777 == 0o700
+    assert (directory / "run" / "ray_auth_token").stat().st_mode & 0o777 == 0o600
+    ray_temp = Path(state["ray_temp_dir"])
+    assert ray_temp.stat().st_mode & 0o777 == 0o700 and ray_temp.stat().st_uid == os.getuid()
+    assert ray_temp.name != f"lic-ray-{ports[-1]}"
+    assert any(ray_temp.rglob("session_*"))  # Ray keeps its session in there
 
 
 @needs_stack

@@ -21,6 +21,7 @@ from typing import Annotated
 
 import typer
 
+from lic.codec.container import DECODE_BUDGET_PIXELS, MAX_PIXELS
 from lic.errors import LicError
 
 LIC_SUFFIX = ".lic"
@@ -36,6 +37,12 @@ ModelOption = typer.Option(
 OutputOption = typer.Option("--output", "-o", help="Output file (only with a single input).")
 OutDirOption = typer.Option("--out-dir", help="Write outputs into this folder (default: beside each input).")
 ForceOption = typer.Option("--force", "-f", help="Replace outputs that already exist.")
+MaxPixelsOption = typer.Option(
+    "--max-pixels",
+    min=1,
+    help="Refuse files declaring more pixels than this: decoding time and memory follow the declared size, so "
+    f"the default (4096 x 2048) suits untrusted files; the format allows up to {MAX_PIXELS:,}.",
+)
 
 
 def compress(
@@ -69,6 +76,7 @@ def decompress(
     output: Annotated[Path | None, OutputOption] = None,
     out_dir: Annotated[Path | None, OutDirOption] = None,
     force: Annotated[bool, ForceOption] = False,
+    max_pixels: Annotated[int, MaxPixelsOption] = DECODE_BUDGET_PIXELS,
 ) -> None:
     """Decompress .lic files into images (PNG unless -o names another format)."""
     from PIL import Image
@@ -92,7 +100,7 @@ def decompress(
 
     def one(source: Path, target: Path) -> tuple[int, float]:
         data = _read(source)
-        image = decode(data, net)
+        image = decode(data, net, max_pixels)
         _write(target, lambda tmp: image.save(tmp, format=formats[target.suffix.lower()]))
         return len(data), bits_per_pixel(len(data), image.height, image.width)
 

@@ -25,6 +25,9 @@ MAX_NAME_BYTES = 64
 MAX_STREAMS = 4
 MAX_SIDE = 1 << 16  # height and width are below this; MAX_PIXELS is the tighter bound
 MAX_PIXELS = 1 << 25  # 8192 x 4096 (8K UHD fits): about 9 GiB to code on the CPU, docs/bitstream.md
+# What decode() spends on a file unless told otherwise: the declared size alone sets the cost of decoding
+# (4096 x 2048 took minutes and GiBs here), and the CRC is no protection against a forged header.
+DECODE_BUDGET_PIXELS = 1 << 23  # 4096 x 2048
 _VARINT_MAX_BYTES = 5  # enough for any 32-bit value
 
 
@@ -84,9 +87,10 @@ def pack(header: Header, streams: list[bytes]) -> bytes:
     return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
-def unpack(data: bytes) -> tuple[Header, list[bytes]]:
-    """Parse and verify a .lic byte string: (header, streams). Anything malformed raises BitstreamError."""
-    header, crc = _parse_header(data)
+def unpack(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Header, list[bytes]]:
+    """Parse and verify a .lic byte string: (header, streams). Anything malformed raises BitstreamError, and so
+    does a header declaring more than `max_pixels`, before the payload is looked at."""
+    header, crc = _parse_header(data, max_pixels)
     payload = memoryview(data)[header.header_bytes :]
     if len(payload) != sum(header.stream_lengths):
         raise BitstreamError(
@@ -105,7 +109,7 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
 
 def read_header(data: bytes) -> Header:
     """The header of a .lic byte string, without verifying the payload (cheap: for `lic info` and routing)."""
-    return _parse_header(data)[0]
+    return _parse_header(data, MAX_PIXELS)[0]
 
 
 def size_problem(height: int, width: int) -> str | None:
@@ -137,16 +141,22 @@ class _Reader:
         return self.take(1, what)[0]
 
     def varint(self, what: str) -> int:
-        value = 0
+        """A canonical varint: the shortest encoding of a 32-bit value (no trailing zero groups), so that one
+        header has one byte string."""
+        start, value = self.pos, 0
         for i in range(_VARINT_MAX_BYTES):
             b = self.byte(what)
             value |= (b & 0x7F) << (7 * i)
             if not b & 0x80:
+                if (i and not b) or value >> 32:
+                    raise BitstreamError(
+                        f"header field {what} is not a canonical number ({self.data[start : self.pos].hex(' ')})"
+                    )
                 return value
-        raise BitstreamError(f"header field {what} is not a valid number")
+        raise BitstreamError(f"header field {what} is not a canonical number (more than {_VARINT_MAX_BYTES} bytes)")
 
 
-def _parse_header(data: bytes) -> tuple[Header, int]:
+def _parse_header(data: bytes, max_pixels: int) -> tuple[Header, int]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     if len(data) == 0:
@@ -167,6 +177,11 @@ def _parse_header(data: bytes) -> tuple[Header, int]:
     height, width = r.varint("height"), r.varint("width")
     if problem := size_problem(height, width):
         raise BitstreamError(problem)
+    if height * width > max_pixels:
+        raise BitstreamError(
+            f"image of {height} x {width} ({height * width:,} pixels) is over the decoding budget of "
+            f"{max_pixels:,} pixels; raise it (--max-pixels, max_pixels=) only for files you trust"
+        )
     mode_index, pad_log2, count = r.byte("colour mode"), r.byte("padding"), r.byte("stream count")
     if mode_index >= len(MODES):
         raise BitstreamError(f"unknown colour mode {mode_index}")

@@ -8,7 +8,11 @@ The models code 8-bit RGB. Everything else is brought to that or refused with a 
 - 16-bit images are reduced to 8 bits with an ImageWarning: RGB keeps the high byte (Pillow reads it so),
   grayscale is rounded to the nearest 8-bit level (as the data stages do, lic/data/rgb.py);
 - an alpha channel is dropped, with an ImageWarning;
-- EXIF orientation is applied when a file is opened (open_image), so photos are coded upright.
+- EXIF orientation is applied when a file is opened (open_image), so photos are coded upright;
+- a file's declared size is checked before its pixels are decoded (a small PNG can declare gigapixels), and
+  Pillow's DecompressionBombWarning counts as an error, as in the data stages;
+- of an animated GIF or a multi-page TIFF the first frame is coded, with an ImageWarning (a .lic file holds one
+  image; refusing would stop a folder for what a conversion can say in one line).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from lic.codec.container import MAX_PIXELS, size_problem
 from lic.errors import LicError
 
 _TO_RGB = {"P": "RGB", "1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
@@ -28,7 +33,8 @@ _ALPHA = {"RGBA": "RGB", "RGBa": "RGB", "LA": "L", "La": "L", "PA": "RGB"}
 
 
 class ImageWarning(UserWarning):
-    """An input image was changed to fit the codec (alpha dropped, 16 bits reduced to 8)."""
+    """An input image was changed to fit the codec (alpha dropped, 16 bits reduced to 8, frames after the first
+    left out)."""
 
 
 def open_image(path: Path | str) -> Image.Image:
@@ -39,16 +45,25 @@ def open_image(path: Path | str) -> Image.Image:
     if path.is_dir():
         raise LicError(f"{path}: is a folder, not an image")
     try:
-        with Image.open(path) as image:
-            sixteen_bit = any(";16" in str(tile.args) for tile in image.tile)
-            image.load()
-            upright = ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if problem := size_problem(image.height, image.width):  # before load(): the size is declared
+                    raise LicError(f"{path}: {problem}")
+                sixteen_bit = any(";16" in str(tile.args) for tile in image.tile)
+                frames = getattr(image, "n_frames", 1)
+                image.load()
+                upright = ImageOps.exif_transpose(image)
     except PermissionError as err:
         raise LicError(f"{path}: cannot read ({err.strerror})") from err
     except UnidentifiedImageError as err:
         raise LicError(f"{path}: not an image file Pillow can read") from err
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise LicError(f"{path}: larger than the limit of {MAX_PIXELS:,} pixels (Pillow: {err})") from err
+    except (OSError, ValueError, SyntaxError) as err:
         raise LicError(f"{path}: damaged or unsupported image ({err})") from err
+    if frames > 1:
+        warnings.warn(f"{path.name}: {frames} frames; only the first is coded", ImageWarning, stacklevel=2)
     if sixteen_bit and upright.mode in ("RGB", "RGBA"):  # Pillow already kept the high bytes
         warnings.warn(f"{path.name}: 16-bit image reduced to 8 bits", ImageWarning, stacklevel=2)
     return to_codec_mode(upright, path.name)

@@ -24,10 +24,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
+def write_text(path: Path, text: str, mode: int = 0o666) -> None:
+    """Write a text file atomically; `mode` (less the umask) holds from its creation, e.g. 0o600 for secrets."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.unlink(missing_ok=True)  # what a killed writer left would keep its own mode
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as out:
+            out.write(text)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ pass reconstruct exactly what the real codec does.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
@@ -18,6 +18,7 @@ from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
 from compressai.models.base import get_scale_table
 from compressai.ops import quantize_ste
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from torch import Tensor, nn
 
 from lic.models.checkerboard import anchor_mask
@@ -41,15 +42,39 @@ HalfCoder = Callable[[Tensor | None, Tensor, Tensor, Tensor], Tensor]
 SCALE_TABLE_SIZE = 256
 
 
+class LoCLICConfig(BaseModel):
+    """LoC-LIC's architecture: each knob once, with its type, range and default (the paper's model).
+
+    A checkpoint's config is validated against this before anything is built, so a forged one is a clear error
+    instead of a TypeError or an allocation without bound (M = 200000 asks for 1.44 TB). The largest allowed
+    model (N 512/512/512, M 640, 32 slices) has 453 M parameters and took 2.7 GB to build here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    N: Annotated[list[Annotated[StrictInt, Field(ge=1, le=512)]], Field(min_length=3, max_length=3)] = [32, 64, 128]
+    """Widths of the three analysis/synthesis levels (three levels and a last stride: y at 1/16)."""
+    M: Annotated[StrictInt, Field(ge=1, le=640)] = 320
+    """Channels of the latent y."""
+    slices: Annotated[StrictInt, Field(ge=1, le=32)] = 10
+    """Channel slices of the multi-reference entropy model; M must be a multiple of it."""
+
+    @model_validator(mode="after")
+    def _slices_divide_m(self) -> LoCLICConfig:
+        if self.M % self.slices:
+            raise ValueError(f"M={self.M} must be divisible by slices={self.slices}")
+        return self
+
+
 class LoCLIC(CompressionModel):
-    """Learned image codec; x in [0, 1], B x 3 x H x W with H and W multiples of `downsampling`."""
+    """Learned image codec; x in [0, 1], B x 3 x H x W with H and W multiples of `downsampling`.
+
+    Built through `lic.models.build`, which validates the configuration (LoCLICConfig) first."""
 
     downsampling = 64  # z sits at H/64; the checkerboard needs an even latent width
 
-    def __init__(self, N: Sequence[int] = (32, 64, 128), M: int = 320, slices: int = 10) -> None:  # noqa: N803
+    def __init__(self, N: Sequence[int], M: int, slices: int) -> None:  # noqa: N803
         super().__init__()
-        if M % slices:
-            raise ValueError(f"M={M} must be divisible by slices={slices}")
         self.config = {"N": list(N), "M": M, "slices": slices}
         self.num_slices, sc, hyper = slices, M // slices, N[-1]
         self.slice_channels = sc

@@ -7,7 +7,9 @@ started, by PID. The stack keeps nothing across `down`: moto holds its objects i
 fresh MLflow store (a tracking store whose artifacts are gone would only mislead).
 
 Files, under `--dir` (default infra/local, git-ignored): `env.sh`, and `run/` with `state.json` (the PIDs),
-the logs, the MLflow database and the Ray token.
+the logs, the MLflow database and the Ray token. run/ is its owner's alone (0700, the token 0600), and so is
+the folder Ray's sessions and sockets go in: a fresh `/tmp/lic-ray-XXXXXXXX` (0700) per `up`, since Ray makes
+its own folders world-writable and a fixed path could be created first by another user.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,7 +94,8 @@ class Stack:
                 "or choose others: lic stack up --s3-port/--mlflow-port/--ray-port"
             )
         shutil.rmtree(self.run, ignore_errors=True)
-        self.run.mkdir(parents=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.run.mkdir(mode=0o700)
         try:
             env = self._start(ports, worker_nodes, cpus_per_node)
         except BaseException:
@@ -103,10 +107,10 @@ class Stack:
     def _start(self, ports: Ports, worker_nodes: int, cpus_per_node: int) -> dict[str, str]:
         state: dict = {
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "ray_temp_dir": str(Path("/tmp") / f"lic-ray-{ports.ray}"),  # Ray's socket paths must stay short
+            # Private (mkdtemp: 0700, unpredictable) and short: Ray's socket paths must stay under 108 bytes.
+            "ray_temp_dir": tempfile.mkdtemp(prefix="lic-ray-", dir="/tmp"),
             "services": [],
         }
-        shutil.rmtree(state["ray_temp_dir"], ignore_errors=True)
 
         def launch(what: Launch, port: int | None) -> tuple[Launch, Process]:
             process = start(what)
@@ -124,7 +128,7 @@ class Stack:
         mlflow = launch(services.mlflow(ports.mlflow, mlflow_log, database, ARTIFACTS, endpoint), ports.mlflow)
         token = services.write_ray_token(self.run / "ray_auth_token").resolve()
         node_env = services.s3_env(endpoint)  # a real node's S3 access comes from its machine (an instance role)
-        temp_dir = Path(state["ray_temp_dir"])
+        temp_dir = Path(state["ray_temp_dir"]) / "ray"  # Ray makes this one 0777; its private parent guards it
         head = services.ray_head(ports.ray, temp_dir, token, cpus_per_node, self.run / "ray-head.log", node_env)
         wait_ready(*launch(head, ports.ray))
         address = f"127.0.0.1:{ports.ray}"

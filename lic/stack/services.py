@@ -63,9 +63,8 @@ def ray_env(token_path: Path) -> dict[str, str]:
 
 
 def write_ray_token(path: Path) -> Path:
-    """A fresh 256-bit token, readable by its owner only."""
-    write_text(path, secrets.token_hex(32))
-    path.chmod(0o600)
+    """A fresh 256-bit token, readable by its owner only from the moment the file exists."""
+    write_text(path, secrets.token_hex(32), mode=0o600)
     return path
 
 
