@@ -38,7 +38,11 @@ OutputOption = typer.Option("--output", "-o", help="Output file (only with a sin
 OutDirOption = typer.Option("--out-dir", help="Write outputs into this folder (default: beside each input).")
 ForceOption = typer.Option("--force", "-f", help="Replace outputs that already exist.")
 JobsOption = typer.Option(
-    "--jobs", "-j", min=1, help="Images coded at once, each in its own process (default: the cores available)."
+    "--jobs",
+    "-j",
+    min=1,
+    help="Cores to use (default: all available): files coded at once in worker processes; a single file uses two "
+    "for its convolutions. The bytes do not depend on it.",
 )
 
 
@@ -267,6 +271,13 @@ def _attempt(one: Work, source: Path, target: Path) -> _Outcome:
     return _Outcome(size, bpp, error, tuple(str(w.message) for w in caught if issubclass(w.category, ImageWarning)))
 
 
+def _one_core() -> None:
+    """Its siblings use the other cores: compute each convolution's halves one after the other."""
+    from lic.models.halves import run_halves_concurrently
+
+    run_halves_concurrently(False)
+
+
 def _in_worker(job: tuple[Path, Path]) -> tuple[Path, _Outcome]:
     assert _worker_work is not None
     return job[0], _attempt(_worker_work, *job)
@@ -280,13 +291,15 @@ def _outcomes(jobs: list[tuple[Path, Path]], one: Work, workers: int) -> Iterato
     is not available (macOS, Windows) the files are coded here, one after another.
     """
     global _worker_work
+    if workers <= 1:
+        _one_core()  # one core
     if workers <= 1 or len(jobs) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         for source, target in jobs:
             yield source, _attempt(one, source, target)
         return
     _worker_work = one
     try:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), _one_core) as pool:
             yield from pool.imap_unordered(_in_worker, jobs)
     finally:
         _worker_work = None

@@ -51,21 +51,29 @@ class LocalContext(nn.Module):
             nn.LayerNorm(out_dim), nn.Linear(out_dim, out_dim * 2), nn.GELU(), nn.Linear(out_dim * 2, out_dim)
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, at: Tensor | None = None) -> Tensor:
+        """B x out_dim x H x W; with `at` (flat positions), only the windows centred there: B x out_dim x len(at).
+
+        Every output depends only on the window around its position, so the windows whose output is not used
+        need not be computed; the others come out the same.
+        """
         b, c, h, w = x.shape
         k2 = self.window**2
         qkv = self.qkv(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)  # B x 3C x H x W
         windows = F.unfold(qkv, self.window, padding=self.window // 2)  # B x 3C*K2 x HW
-        windows = windows.view(b, 3, self.heads, c // self.heads, k2, h * w).permute(1, 0, 5, 2, 4, 3)
-        q, k, v = windows[0] * self.scale, windows[1], windows[2]  # B x HW x heads x K2 x d
-        bias = self.position_bias[self.position_index].permute(2, 0, 1)  # heads x K2 x K2
         mask = border_mask(h, w, self.window, x.device)  # HW x K2 x K2
+        if at is not None:
+            windows, mask = windows[..., at], mask[at]
+        n = windows.shape[-1]
+        windows = windows.view(b, 3, self.heads, c // self.heads, k2, n).permute(1, 0, 5, 2, 4, 3)
+        q, k, v = windows[0] * self.scale, windows[1], windows[2]  # B x N x heads x K2 x d
+        bias = self.position_bias[self.position_index].permute(2, 0, 1)  # heads x K2 x K2
         attn = (q @ k.transpose(-2, -1) + bias + mask[:, None]).softmax(dim=-1)
-        out = (attn @ v).permute(0, 1, 2, 4, 3).reshape(b * h * w, c * k2)
+        out = (attn @ v).permute(0, 1, 2, 4, 3).reshape(b * n, c * k2)
         # The fusion conv covers each window exactly once: as one matrix multiply it runs 2.5x faster than the conv.
-        out = self.proj(F.linear(out, self.fusion.weight.flatten(1), self.fusion.bias).view(b, h, w, -1))
-        out = out + self.mlp(out)
-        return out.permute(0, 3, 1, 2)
+        out = self.proj(F.linear(out, self.fusion.weight.flatten(1), self.fusion.bias).view(b, n, -1))
+        out = (out + self.mlp(out)).transpose(1, 2)  # B x out_dim x N
+        return out if at is not None else out.reshape(b, -1, h, w)
 
 
 class ChannelContext(nn.Sequential):
