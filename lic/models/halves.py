@@ -12,6 +12,7 @@ one after the other, since their siblings already use the other cores.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -64,14 +65,24 @@ def splittable(module: nn.Module) -> bool:
     )
 
 
+_patching = threading.Lock()
+_coders: dict[int, int] = {}  # id(model) -> how many codings of it are under way (threads may share a model)
+
+
 @contextmanager
 def convolutions_in_halves(model: nn.Module) -> Iterator[None]:
     """While coding: every splittable convolution of `model` computes its output channels in two halves."""
-    convs = [m for m in model.modules() if splittable(m)]
-    for conv in convs:
-        conv.forward = _split_forward.__get__(conv)
+    with _patching:
+        if not _coders.get(id(model)):
+            for conv in filter(splittable, model.modules()):
+                conv.forward = _split_forward.__get__(conv)
+        _coders[id(model)] = _coders.get(id(model), 0) + 1
     try:
         yield
     finally:
-        for conv in convs:
-            del conv.forward
+        with _patching:
+            _coders[id(model)] -= 1
+            if not _coders[id(model)]:
+                del _coders[id(model)]
+                for conv in filter(splittable, model.modules()):
+                    del conv.forward
