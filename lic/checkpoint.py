@@ -17,7 +17,11 @@ from lic.errors import LicError
 from lic.io.atomic import atomic_path
 from lic.models import ModelSpec, build
 
-FORMAT_VERSION = 1
+# 2: LoC-LIC's LocalContext masks the latent borders by the official rule (lic.models.context.border_mask).
+# Format 1 masked them by slot parity, so a format-1 LoC-LIC codes other symbols in a 2-wide frame of the latent;
+# it is refused with a clear error. Baseline checkpoints are the same in both formats and load from either.
+FORMAT_VERSION = 2
+BORDER_RULE_MODELS = ("loclic",)  # the architectures whose coding changed from format 1 to 2
 CHECKPOINT_FILE = "model.pt"  # a checkpoint's name wherever one is a folder's model: training outputs, pulled models
 
 
@@ -47,8 +51,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise LicError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or "state_dict" not in payload:
+    if not isinstance(payload, dict) or payload.get("format") not in (1, FORMAT_VERSION) or "state_dict" not in payload:
         raise LicError(f"{path} is not a lic checkpoint (format {FORMAT_VERSION})")
+    if payload["format"] == 1 and payload.get("model") in BORDER_RULE_MODELS:
+        raise LicError(
+            f"{path} is a format-1 {payload['model']} checkpoint: its LocalContext masked the latent borders by "
+            "parity, which format 2 replaced by the official rule, so this version would code other symbols with "
+            "it. Retrain it, or import official weights with `lic import`"
+        )
     return payload
 
 

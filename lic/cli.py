@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -101,6 +102,49 @@ def complexity(
             f"cheng2020-anchor quality 6, same counter: {reference.kmac_per_pixel:.1f} kMAC/pixel "
             f"({ratio:.2f}x {result.model}), {reference.parameters:,} parameters"
         )
+
+
+@app.command("import")
+def import_weights(
+    file: Annotated[Path, typer.Argument(help="An official training checkpoint, e.g. checkpoint_best_loss.pth.tar.")],
+    source: Annotated[str, typer.Option("--from", help="Its code: loclic-official or mlicpp-official (2024).")],
+    lmbda: Annotated[float | None, typer.Option("--lmbda", help="The lambda it was trained with.")] = None,
+    metric: Annotated[str | None, typer.Option(help="The distortion it was trained for: mse or ms-ssim.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Where to write it (default: <model>-<metric>-<lambda>.pt).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace the output if it exists.")] = False,
+    register: Annotated[
+        bool,
+        typer.Option(help="Then evaluate it and register <model>-<metric>-<lambda> in MLflow (promotion gate)."),
+    ] = False,
+    params: Annotated[Path, typer.Option("--params", help="The params file (for --register).")] = Path("params.yaml"),
+) -> None:
+    """Import official LoC-LIC or MLIC++ weights as a lic checkpoint (docs/model.md, "Official weights")."""
+    from lic.models.official import SOURCES, import_checkpoint
+    from lic.registry.naming import registered_name
+
+    if source not in SOURCES:
+        raise LicError(f"--from must be one of {', '.join(SOURCES)}, got {source!r}")
+    if register and (lmbda is None or metric is None):
+        raise LicError("--register names the model by its rate point: give --lmbda and --metric")
+    if output is None:
+        named = lmbda is not None and metric is not None
+        output = Path(
+            f"{registered_name(SOURCES[source], metric, lmbda) if named else SOURCES[source] + '-imported'}.pt"
+        )
+    if output.exists() and not force:
+        raise LicError(f"{output} exists (use --force to replace it)")
+    checkpoint = import_checkpoint(file, source, output, lmbda=lmbda, metric=metric)
+    typer.echo(f"wrote {checkpoint}")
+    if register:  # the normal path: `lic evaluate`, then `lic register` with its promotion gate
+        from lic.eval.evaluate import evaluate_checkpoint
+        from lic.params import load_params
+
+        settings = load_params(params)
+        eval_dir = Path(settings["evaluate"]["out_dir"]) / checkpoint.stem
+        evaluate_checkpoint(checkpoint, Path(settings["data"]["paths"]["eval"]), eval_dir)
+        registry_cli.register(checkpoint, eval_dir, params=params)
 
 
 @app.command()

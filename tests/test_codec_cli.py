@@ -263,3 +263,61 @@ def test_decompress_has_a_budget_and_compress_refuses_bombs(capsys, checkpoint, 
     (tmp_path / "bomb.png").write_bytes(bilevel_png(13300, 13300))
     code, _, err = lic(capsys, "compress", tmp_path / "bomb.png", "-m", checkpoint)
     assert code == 2 and "larger than the limit of 33,554,432 pixels" in one_line_error(err)
+
+
+def _pid_and_wait(source: Path, target: Path) -> tuple[int, float]:
+    """A stand-in for coding one file: which process ran it (as the 'size'); a pause so both workers get work."""
+    import time
+
+    if source.name == "bad":
+        raise LicError("cannot read")
+    time.sleep(0.3)
+    return os.getpid(), 0.0
+
+
+def test_jobs_run_files_in_separate_processes_and_report_each_outcome(tmp_path) -> None:
+    from lic.codec.cli import _outcomes
+
+    jobs = [(tmp_path / name, tmp_path / f"{name}.out") for name in ("a", "b", "bad", "c", "d")]
+    outcomes = dict(_outcomes(jobs, _pid_and_wait, workers=2))
+    assert set(outcomes) == {source for source, _ in jobs}
+    assert outcomes[tmp_path / "bad"].error == f"{tmp_path / 'bad'}: cannot read"
+    pids = {outcome.size for source, outcome in outcomes.items() if source.name != "bad"}
+    assert len(pids) == 2 and os.getpid() not in pids
+    serial = dict(_outcomes(jobs, _pid_and_wait, workers=1))
+    assert {outcome.size for outcome in serial.values() if outcome.error is None} == {os.getpid()}
+
+
+def test_jobs_give_the_same_bytes_and_pixels_as_one_job(capsys, checkpoint, tmp_path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in PHOTOS:
+        shutil.copy(photo, photos)
+    rgba = Image.open(SKIMAGE_DATA / "chelsea.png").crop((0, 0, 90, 70)).convert("RGBA")
+    rgba.save(photos / "with_alpha.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    for jobs in ("1", "3"):
+        code, _, err = lic(
+            capsys, "compress", photos, "--out-dir", tmp_path / f"coded{jobs}", "-m", checkpoint, "-j", jobs
+        )
+        assert code == 2 and "broken.png" in err and "1 of 5 files failed" in err, err
+        assert err.count("alpha channel dropped") == 1, err  # a worker's warning reaches the user once
+    first = sorted((tmp_path / "coded1").iterdir())
+    assert len(first) == 4
+    for path in first:
+        assert (tmp_path / "coded3" / path.name).read_bytes() == path.read_bytes(), path.name
+    for jobs in ("1", "2"):
+        code, _, err = lic(
+            capsys,
+            "decompress",
+            tmp_path / "coded3",
+            "--out-dir",
+            tmp_path / f"out{jobs}",
+            "-m",
+            checkpoint,
+            "--jobs",
+            jobs,
+        )
+        assert code == 0, err
+    for path in sorted((tmp_path / "out1").iterdir()):
+        assert (tmp_path / "out2" / path.name).read_bytes() == path.read_bytes(), path.name

@@ -5,12 +5,22 @@ is meant, bump the versions it concerns and run `python -m tests.golden.make_gol
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lic import codec
-from tests.golden.make_golden import HERE, golden_model, parameters_digest
+from lic.models import build
+from tests.golden.make_golden import HERE, golden_model, machine, parameters_digest
+
+RECORDED_ON = json.loads((HERE / "machine.json").read_text())
+same_arithmetic = pytest.mark.skipif(
+    machine() != RECORDED_ON, reason=f"the golden stream was recorded with {RECORDED_ON}, not {machine()}"
+)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +34,14 @@ def test_the_golden_model_is_the_one_the_stream_was_made_with(model) -> None:
     assert parameters_digest(model) == (HERE / "weights.sha256").read_text().strip()
 
 
+@same_arithmetic
 def test_the_golden_stream_decodes_to_the_golden_pixels(model) -> None:
     decoded = np.asarray(codec.decode((HERE / "image.lic").read_bytes(), model))
     expected = np.asarray(Image.open(HERE / "decoded.png"))
     assert decoded.shape == expected.shape and np.array_equal(decoded, expected)
 
 
+@same_arithmetic
 def test_the_golden_image_encodes_to_the_golden_bytes(model) -> None:
     pixels = np.asarray(Image.open(HERE / "image.png"))
     assert codec.encode(pixels, model) == (HERE / "image.lic").read_bytes()
@@ -40,3 +52,25 @@ def test_the_golden_stream_is_a_real_workload(model) -> None:
     header = codec.read_header((HERE / "image.lic").read_bytes())
     assert header.model == "loclic" and (header.height, header.width) == (128, 192)
     assert header.bpp > 0.3
+
+
+def test_the_halves_compute_every_convolution_bit_exactly() -> None:
+    """What the golden stream rests on, shape by shape: a convolution split by output channels gives the
+    same bits as the whole one, on one thread and on two."""
+    from lic.models.halves import convolutions_in_halves, run_halves_concurrently, splittable
+
+    torch.manual_seed(1)
+    model = build("loclic", N=(16, 32, 64), M=64, slices=4).eval()
+    convs = [m for m in model.modules() if splittable(m)]
+    assert len(convs) > 50
+    before = run_halves_concurrently(True)
+    for concurrent in (True, False):
+        run_halves_concurrently(concurrent)
+        for conv in convs:
+            x = torch.randn(1, conv.in_channels, 12, 20)
+            with torch.inference_mode():
+                whole = conv(x)
+                with convolutions_in_halves(model):
+                    halves = conv(x)
+            assert torch.equal(whole, halves), conv
+    run_halves_concurrently(before)

@@ -123,3 +123,86 @@ def test_optimizers_split_quantiles_from_the_network() -> None:
     assert aux_ids == {id(model.entropy_bottleneck.quantiles)}
     assert not main_ids & aux_ids
     assert len(main_ids) + len(aux_ids) == len(list(model.parameters()))
+
+
+# --- LocalContext's latent borders (issue 16, reference fact sheet §7) ----------------------------------------
+
+
+def _official_valid(i: int, j: int, slot: int, size: int) -> bool:
+    """§7: slot s = (a, b) of the window centred at (i, j) is valid iff (i+a, j+b) is inside and an anchor."""
+    r, c = i + slot // 5 - 2, j + slot % 5 - 2
+    return 0 <= r < size and 0 <= c < size and (r + c) % 2 == 1
+
+
+def test_local_context_masks_exactly_the_pairs_of_the_official_rule_on_a_6x6_latent() -> None:
+    """For every window centre of a hand-made 6x6 latent: the official code adds -100 unless query and key are
+    both valid; a row that is -100 throughout is a constant shift (no mask), so the pairs that must be masked are
+    (valid query, invalid key) and nothing else."""
+    from lic.models.checkerboard import window_exclusions
+
+    size = 6
+    excluded = window_exclusions(size, size, 5)
+    assert excluded.shape == (36, 25, 25)
+    frame_centres = 0
+    for i in range(size):
+        for j in range(size):
+            valid = [_official_valid(i, j, s, size) for s in range(25)]
+            expected = torch.tensor([[valid[q] and not valid[k] for k in range(25)] for q in range(25)])
+            assert torch.equal(excluded[i * size + j], expected), (i, j)
+            for q in range(25):
+                if not valid[q]:  # officially masked as a whole row: attends to all 25 slots
+                    assert not excluded[i * size + j, q].any()
+                else:  # a valid query always keeps its own slot, so no row is all -inf
+                    assert not excluded[i * size + j, q, q]
+            # The parity rule of format 1 differs exactly where a slot leaves the latent (§7).
+            parity = [(i + j + s // 5 + s % 5) % 2 == 1 for s in range(25)]  # slot offsets -2.. cancel in parity
+            old = torch.tensor([[parity[q] and not parity[k] for k in range(25)] for q in range(25)])
+            outside = any(not (0 <= i + s // 5 - 2 < size and 0 <= j + s % 5 - 2 < size) for s in range(25))
+            differs = any(not torch.equal(expected[q], old[q]) for q in range(25))  # both: True = masked key
+            assert differs == outside, (i, j)
+            frame_centres += outside
+    assert frame_centres == 32  # all but the 2x2 interior centres of a 6x6 latent
+
+
+def test_corner_window_differs_from_the_parity_rule_by_the_counts_of_the_fact_sheet() -> None:
+    """§7 at 16x16, centre (0, 0): 32 pairs of kind 1 and 104 of kind 2 (40 with the key inside, 64 outside)."""
+    from lic.models.checkerboard import window_exclusions
+
+    excluded = window_exclusions(16, 16, 5)[0]
+    inside = [s // 5 >= 2 and s % 5 >= 2 for s in range(25)]
+    parity = [(s // 5 + s % 5) % 2 == 1 for s in range(25)]
+    kind1 = sum(excluded[q, k] and inside[q] and not inside[k] and parity[k] for q in range(25) for k in range(25))
+    kind2 = [(q, k) for q in range(25) for k in range(25) if not inside[q] and parity[q] and not parity[k]]
+    assert kind1 == 32
+    assert len(kind2) == 104 and not any(excluded[q, k] for q, k in kind2)
+    assert sum(inside[k] for _, k in kind2) == 40
+
+
+def test_local_context_equals_the_official_minus_100_attention_at_every_position() -> None:
+    """The module's output against §2.4 written out with the official additive -100 mask, window by window."""
+    import torch.nn.functional as F
+
+    from lic.models.context import LocalContext
+
+    torch.manual_seed(0)
+    module = LocalContext().eval()
+    size = 6
+    x = torch.randn(1, 32, size, size) * 3 * torch.tensor([[(r + c) % 2 for c in range(size)] for r in range(size)])
+    with torch.no_grad():
+        out = module(x)
+        qkv = module.qkv(module.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        windows = F.unfold(qkv, 5, padding=2)[0].view(3, 2, 16, 25, size * size)  # t, head, d, slot, position
+        bias = module.position_bias[module.position_index].permute(2, 0, 1)
+        reference = torch.empty(size * size, 64)
+        for p in range(size * size):
+            i, j = divmod(p, size)
+            valid = torch.tensor([_official_valid(i, j, s, size) for s in range(25)])
+            mask = torch.where(valid[:, None] & valid[None, :], 0.0, -100.0)
+            q, k, v = (windows[t, :, :, :, p].transpose(1, 2) for t in range(3))  # head x slot x d
+            attn = (q * module.scale @ k.transpose(1, 2) + bias + mask).softmax(-1)
+            patch = (attn @ v).transpose(1, 2).reshape(32, 5, 5)
+            reference[p] = F.conv2d(patch[None], module.fusion.weight, module.fusion.bias).flatten()
+        reference = module.proj(reference)
+        reference = (reference + module.mlp(reference)).T.reshape(1, 64, size, size)
+    assert torch.isfinite(out).all()
+    assert (out - reference).abs().max() < 1e-5

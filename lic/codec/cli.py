@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import glob
 import json
+import multiprocessing
 import os
 import time
 import warnings
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -43,6 +44,13 @@ MaxPixelsOption = typer.Option(
     help="Refuse files declaring more pixels than this: decoding time and memory follow the declared size, so "
     f"the default (4096 x 2048) suits untrusted files; the format allows up to {MAX_PIXELS:,}.",
 )
+JobsOption = typer.Option(
+    "--jobs",
+    "-j",
+    min=1,
+    help="Cores to use (default: all available): files coded at once in worker processes; a single file uses two "
+    "for its convolutions. The bytes do not depend on it.",
+)
 
 
 def compress(
@@ -51,6 +59,7 @@ def compress(
     output: Annotated[Path | None, OutputOption] = None,
     out_dir: Annotated[Path | None, OutDirOption] = None,
     force: Annotated[bool, ForceOption] = False,
+    jobs: Annotated[int | None, JobsOption] = None,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF, PPM) into .lic files."""
     from lic.codec import bits_per_pixel, encode, open_image
@@ -58,7 +67,7 @@ def compress(
     from lic.data.rgb import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
 
     sources = expand_inputs(inputs, IMAGE_SUFFIXES)
-    jobs = plan_outputs(sources, LIC_SUFFIX, output, out_dir, force)
+    plan = plan_outputs(sources, LIC_SUFFIX, output, out_dir, force)
     net = resolve_model(model)
 
     def one(source: Path, target: Path) -> tuple[int, float]:
@@ -67,7 +76,7 @@ def compress(
         _write(target, lambda tmp: tmp.write_bytes(data))
         return len(data), bits_per_pixel(len(data), image.height, image.width)
 
-    _run("compressing", jobs, one)
+    _run("compressing", plan, one, jobs)
 
 
 def decompress(
@@ -77,6 +86,7 @@ def decompress(
     out_dir: Annotated[Path | None, OutDirOption] = None,
     force: Annotated[bool, ForceOption] = False,
     max_pixels: Annotated[int, MaxPixelsOption] = DECODE_BUDGET_PIXELS,
+    jobs: Annotated[int | None, JobsOption] = None,
 ) -> None:
     """Decompress .lic files into images (PNG unless -o names another format)."""
     from PIL import Image
@@ -91,9 +101,9 @@ def decompress(
             f"{sources[0]} was encoded by model {header.model} (fingerprint {header.fingerprint}): "
             f"name it with --model or ${MODEL_ENV}"
         )
-    jobs = plan_outputs(sources, DECODED_SUFFIX, output, out_dir, force)
+    plan = plan_outputs(sources, DECODED_SUFFIX, output, out_dir, force)
     formats = Image.registered_extensions()
-    for _, target in jobs:
+    for _, target in plan:
         if target.suffix.lower() not in formats:
             raise LicError(f"{target}: unknown image format {target.suffix!r}; use .png, .tif, .ppm, ...")
     net = resolve_model(model)
@@ -104,7 +114,7 @@ def decompress(
         _write(target, lambda tmp: image.save(tmp, format=formats[target.suffix.lower()]))
         return len(data), bits_per_pixel(len(data), image.height, image.width)
 
-    _run("decompressing", jobs, one)
+    _run("decompressing", plan, one, jobs)
 
 
 def info(
@@ -237,9 +247,74 @@ class _Totals:
     bpp_sum: float = 0.0
 
 
-def _run(verb: str, jobs: list[tuple[Path, Path]], one: Callable[[Path, Path], tuple[int, float]]) -> None:
-    """Apply `one` to every (source, target), with a progress bar, per-file errors and a summary table."""
+@dataclass(frozen=True)
+class _Outcome:
+    """What coding one file gave: its size and rate, or the error; the image warnings it raised on the way."""
+
+    size: int = 0
+    bpp: float = 0.0
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+Work = Callable[[Path, Path], tuple[int, float]]
+_worker_work: Work | None = None  # what a forked worker process runs: inherited from the parent, never pickled
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's share), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _attempt(one: Work, source: Path, target: Path) -> _Outcome:
     from lic.codec.images import ImageWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageWarning)
+        try:
+            size, bpp = one(source, target)
+            error = None
+        except LicError as err:
+            size, bpp, error = 0, 0.0, f"{source}: {err}"
+    return _Outcome(size, bpp, error, tuple(str(w.message) for w in caught if issubclass(w.category, ImageWarning)))
+
+
+def _one_core() -> None:
+    """Its siblings use the other cores: compute each convolution's halves one after the other."""
+    from lic.models.halves import run_halves_concurrently
+
+    run_halves_concurrently(False)
+
+
+def _in_worker(job: tuple[Path, Path]) -> tuple[Path, _Outcome]:
+    assert _worker_work is not None
+    return job[0], _attempt(_worker_work, *job)
+
+
+def _outcomes(jobs: list[tuple[Path, Path]], one: Work, workers: int) -> Iterator[tuple[Path, _Outcome]]:
+    """(source, outcome) of every job as it finishes: here, or in `workers` processes forked from this one.
+
+    Forked workers inherit the loaded model (nothing is pickled or loaded again) and code on the thread count
+    that `lic.codec.determinism` pins, as this process would, so the bytes do not depend on --jobs. Where fork
+    is not available (macOS, Windows) the files are coded here, one after another.
+    """
+    global _worker_work
+    if workers <= 1:
+        _one_core()  # one core
+    if workers <= 1 or len(jobs) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for source, target in jobs:
+            yield source, _attempt(one, source, target)
+        return
+    _worker_work = one
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), _one_core) as pool:
+            yield from pool.imap_unordered(_in_worker, jobs)
+    finally:
+        _worker_work = None
+
+
+def _run(verb: str, jobs: list[tuple[Path, Path]], one: Work, workers: int | None = None) -> None:
+    """Apply `one` to every (source, target), with a progress bar, per-file errors and a summary table."""
     from lic.io.progress import counting, say
 
     totals, failures, start = _Totals(), [], time.perf_counter()
@@ -247,21 +322,16 @@ def _run(verb: str, jobs: list[tuple[Path, Path]], one: Callable[[Path, Path], t
     progress.live.transient = True  # the bar goes away when done: what stays is the summary and any errors
     with progress:
         task = progress.add_task(verb, total=len(jobs))
-        for source, target in jobs:
+        for source, outcome in _outcomes(jobs, one, available_cores() if workers is None else workers):
             progress.update(task, description=f"{verb} {source.name}")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ImageWarning)
-                try:
-                    size, bpp = one(source, target)
-                except LicError as err:
-                    failures.append(f"{source}: {err}")
-                else:
-                    totals.files += 1
-                    totals.bytes += size
-                    totals.bpp_sum += bpp
-            for warning in caught:
-                if issubclass(warning.category, ImageWarning):
-                    say(f"warning: {warning.message}")
+            if outcome.error is not None:
+                failures.append(outcome.error)
+            else:
+                totals.files += 1
+                totals.bytes += outcome.size
+                totals.bpp_sum += outcome.bpp
+            for message in outcome.warnings:
+                say(f"warning: {message}")
             progress.advance(task)
     if totals.files:
         _print_summary(totals, time.perf_counter() - start)

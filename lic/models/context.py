@@ -6,12 +6,29 @@ the current slice. That is what makes them usable for entropy coding.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lic.models.checkerboard import window_anchor_masks
+from lic.models.checkerboard import window_exclusions
 from lic.models.layers import ConvMLP, DepthwiseProjection, conv_stack, efficient_attention
+
+
+@functools.lru_cache(maxsize=8)
+def border_mask(height: int, width: int, window: int, device: torch.device) -> Tensor:
+    """The additive attention mask of LocalContext for one latent size, shared by every slice (cached).
+
+    The official code adds -100 to every excluded pair (`window_exclusions`). On a valid query's excluded keys
+    that gives weights of e^-100 = 4e-44, subnormal floats that make the CPU's softmax 2x slower; -inf on exactly
+    those pairs is the same attention to within float rounding (measured 8e-7) without subnormals. The rows the
+    official code shifts by -100 as a whole get 0 here, the same softmax. No row is all -inf (a valid query's
+    own slot is a valid key), so nothing turns into NaN.
+    """
+    with torch.inference_mode(False):  # a plain tensor, usable in training after a cached call from the codec
+        excluded = window_exclusions(height, width, window, device)
+        return torch.zeros(excluded.shape, device=device).masked_fill_(excluded, float("-inf"))
 
 
 class LocalContext(nn.Module):
@@ -28,35 +45,35 @@ class LocalContext(nn.Module):
         coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
         relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window - 1
         self.register_buffer("position_index", relative[..., 0] * (2 * window - 1) + relative[..., 1], False)
-        # MLIC++ adds -100 to the score of every pair that is not two anchors. A non-anchor query's whole row
-        # moves by -100, which softmax ignores; an anchor query's non-anchor keys get weights of e^-100 = 4e-44,
-        # subnormal floats that make the CPU's softmax 2x slower. -inf on exactly those keys is the same
-        # attention (to within float rounding) without subnormals, and every row keeps its anchor keys.
-        anchors = window_anchor_masks(window)  # 2 x K*K
-        ignored = anchors[:, :, None] & ~anchors[:, None, :]  # anchor query, non-anchor key
-        self.register_buffer("parity_mask", torch.where(ignored, float("-inf"), 0.0), persistent=False)
         self.fusion = nn.Conv2d(dim, out_dim, window)
         self.proj = nn.Linear(out_dim, out_dim)
         self.mlp = nn.Sequential(
             nn.LayerNorm(out_dim), nn.Linear(out_dim, out_dim * 2), nn.GELU(), nn.Linear(out_dim * 2, out_dim)
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, at: Tensor | None = None) -> Tensor:
+        """B x out_dim x H x W; with `at` (flat positions), only the windows centred there: B x out_dim x len(at).
+
+        Every output depends only on the window around its position, so the windows whose output is not used
+        need not be computed; the others come out the same.
+        """
         b, c, h, w = x.shape
         k2 = self.window**2
         qkv = self.qkv(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)  # B x 3C x H x W
         windows = F.unfold(qkv, self.window, padding=self.window // 2)  # B x 3C*K2 x HW
-        windows = windows.view(b, 3, self.heads, c // self.heads, k2, h * w).permute(1, 0, 5, 2, 4, 3)
-        q, k, v = windows[0] * self.scale, windows[1], windows[2]  # B x HW x heads x K2 x d
+        mask = border_mask(h, w, self.window, x.device)  # HW x K2 x K2
+        if at is not None:
+            windows, mask = windows[..., at], mask[at]
+        n = windows.shape[-1]
+        windows = windows.view(b, 3, self.heads, c // self.heads, k2, n).permute(1, 0, 5, 2, 4, 3)
+        q, k, v = windows[0] * self.scale, windows[1], windows[2]  # B x N x heads x K2 x d
         bias = self.position_bias[self.position_index].permute(2, 0, 1)  # heads x K2 x K2
-        parity = (torch.arange(h, device=x.device).view(-1, 1) + torch.arange(w, device=x.device)) % 2
-        mask = self.parity_mask[parity.flatten()]  # HW x K2 x K2
         attn = (q @ k.transpose(-2, -1) + bias + mask[:, None]).softmax(dim=-1)
-        out = (attn @ v).permute(0, 1, 2, 4, 3).reshape(b * h * w, c * k2)
+        out = (attn @ v).permute(0, 1, 2, 4, 3).reshape(b * n, c * k2)
         # The fusion conv covers each window exactly once: as one matrix multiply it runs 2.5x faster than the conv.
-        out = self.proj(F.linear(out, self.fusion.weight.flatten(1), self.fusion.bias).view(b, h, w, -1))
-        out = out + self.mlp(out)
-        return out.permute(0, 3, 1, 2)
+        out = self.proj(F.linear(out, self.fusion.weight.flatten(1), self.fusion.bias).view(b, n, -1))
+        out = (out + self.mlp(out)).transpose(1, 2)  # B x out_dim x N
+        return out if at is not None else out.reshape(b, -1, h, w)
 
 
 class ChannelContext(nn.Sequential):

@@ -30,6 +30,7 @@ from lic.models.context import (
     LatentResidualPrediction,
     LocalContext,
 )
+from lic.models.halves import convolutions_in_halves
 from lic.models.inputs import check_images
 from lic.models.transforms import analysis_transform, hyper_analysis, hyper_synthesis, synthesis_transform
 
@@ -150,35 +151,49 @@ class LoCLIC(CompressionModel):
     # --- the shared slice loop ------------------------------------------------------------------------------
 
     def _slices(self, hyper_params: Tensor, code_half: HalfCoder, y: Tensor | None = None):
-        """Run the multi-reference entropy model over all slices; returns ŷ and the per-element scales/means."""
+        """Run the multi-reference entropy model over all slices; returns ŷ and the per-element scales/means.
+
+        The parameter networks (1x1 convs) and LocalContext (whose output feeds only the non-anchor parameters)
+        are position-wise after their inputs, so they run only on the half of the positions whose parameters are
+        used: half the work, the same numbers at those positions, zeros at the others as the masks gave before.
+        """
         hyper_means = hyper_params.chunk(2, dim=1)[1]
-        h, w = hyper_params.shape[-2:]
+        b, _, h, w = hyper_params.shape
         anchors = anchor_mask(h, w, hyper_params.device)
         nonanchors = 1 - anchors
+        anchor_at = anchors.flatten().nonzero().squeeze(1)
+        nonanchor_at = nonanchors.flatten().nonzero().squeeze(1)
+
+        def parameters(net: nn.Module, contexts: list[Tensor], at: Tensor) -> tuple[Tensor, Tensor]:
+            """(scales, means) of one half: `net` on the gathered positions `at`, scattered back, zeros elsewhere."""
+            gathered = torch.cat([c if c.dim() == 3 else c.flatten(2)[..., at] for c in contexts], dim=1)
+            out = net(gathered.unsqueeze(2)).squeeze(2)
+            full = out.new_zeros(b, out.shape[1], h * w)
+            full[..., at] = out
+            return full.view(b, -1, h, w).chunk(2, dim=1)
+
         y_slices = y.chunk(self.num_slices, dim=1) if y is not None else [None] * self.num_slices
         decoded: list[Tensor] = []
         scales_all, means_all = [], []
         for i, y_i in enumerate(y_slices):
             if i == 0:
-                anchor_context = hyper_params
+                anchor_context = [hyper_params]
             else:
                 previous = torch.cat(decoded, dim=1)
                 inter = self.global_inter_context[i - 1](previous)
                 channel = self.channel_context[i - 1](previous)
-                anchor_context = torch.cat([inter, channel, hyper_params], dim=1)
-            scales_a, means_a = self.entropy_parameters_anchor[i](anchor_context).chunk(2, dim=1)
-            scales_a, means_a = scales_a * anchors, means_a * anchors
+                anchor_context = [inter, channel, hyper_params]
+            scales_a, means_a = parameters(self.entropy_parameters_anchor[i], anchor_context, anchor_at)
             y_hat_a = code_half(None if y_i is None else y_i * anchors, scales_a, means_a, anchors)
             y_hat_a = y_hat_a + anchors * self.lrp_anchor[i](torch.cat([hyper_means, *decoded, y_hat_a], 1))
 
-            local = self.local_context[i](y_hat_a)
+            local = self.local_context[i](y_hat_a, nonanchor_at)  # B x 64 x (non-anchor positions)
             if i == 0:
-                nonanchor_context = torch.cat([local, hyper_params], dim=1)
+                nonanchor_context = [local, hyper_params]
             else:
                 intra = self.global_intra_context[i - 1](decoded[-1], y_hat_a, anchors)
-                nonanchor_context = torch.cat([local, intra, inter, channel, hyper_params], dim=1)
-            scales_n, means_n = self.entropy_parameters_nonanchor[i](nonanchor_context).chunk(2, dim=1)
-            scales_n, means_n = scales_n * nonanchors, means_n * nonanchors
+                nonanchor_context = [local, intra, inter, channel, hyper_params]
+            scales_n, means_n = parameters(self.entropy_parameters_nonanchor[i], nonanchor_context, nonanchor_at)
             y_hat_n = code_half(None if y_i is None else y_i * nonanchors, scales_n, means_n, nonanchors)
             y_hat_i = y_hat_a + y_hat_n
             y_hat_i = y_hat_i + nonanchors * self.lrp_nonanchor[i](torch.cat([hyper_means, *decoded, y_hat_i], 1))
@@ -214,6 +229,10 @@ class LoCLIC(CompressionModel):
         check_images(x, self.downsampling)
         if x.shape[0] != 1:
             raise ValueError(f"compress codes one image at a time, got a batch of {x.shape[0]}")
+        with convolutions_in_halves(self):
+            return self._compress(x)
+
+    def _compress(self, x: Tensor) -> dict[str, Any]:
         y = self.g_a(x)
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
@@ -233,6 +252,10 @@ class LoCLIC(CompressionModel):
 
     def decompress(self, strings: list[list[bytes]], shape: Sequence[int]) -> dict[str, Tensor]:
         """Inverse of `compress`: recompute every context exactly as the encoder did and decode y half by half."""
+        with convolutions_in_halves(self):
+            return self._decompress(strings, shape)
+
+    def _decompress(self, strings: list[list[bytes]], shape: Sequence[int]) -> dict[str, Tensor]:
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         hyper_params = self.h_s(z_hat)
 

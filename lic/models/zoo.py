@@ -1,4 +1,4 @@
-"""One registry for every codec the project builds: LoC-LIC and the CompressAI baselines.
+"""One registry for every codec the project builds: LoC-LIC, MLIC++ and the CompressAI baselines.
 
 Training, evaluation, complexity accounting and benchmarks all go through `build(name, **config)`, so a
 checkpoint only needs to store the name and the config to be rebuilt without guessing. Baselines are CompressAI
@@ -44,6 +44,15 @@ def _zoo_model(architecture: str, quality: int, metric: str) -> CompressionModel
     return zoo.image_models[architecture](quality=quality, metric=metric, pretrained=False)
 
 
+def mlicpp(M: int = 320, slices: int = 10) -> LoCLIC:  # noqa: N803
+    """MLIC++ (Jiang and Wang, 2024 code): LoC-LIC's network with 192 channels at every transform level.
+
+    LoC-LIC kept MLIC++'s entropy model and slimmed its transforms, so one class builds both; with N = 192 it is
+    the official MLIC++ module for module (83.50 M parameters), and official MLIC++ weights import into it.
+    """
+    return LoCLIC(N=(192, 192, 192), M=M, slices=slices)
+
+
 BASELINES = (
     "bmshj2018-factorized",
     "bmshj2018-hyperprior",
@@ -54,6 +63,7 @@ BASELINES = (
 )
 _BUILDERS: dict[str, Callable[..., CompressionModel]] = {
     "loclic": LoCLIC,
+    "mlicpp": mlicpp,
     **{name: partial(_zoo_model, name) for name in BASELINES},
 }
 CONFIGS: dict[str, type[BaseModel]] = {"loclic": LoCLICConfig, **dict.fromkeys(BASELINES, BaselineConfig)}

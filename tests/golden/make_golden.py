@@ -6,7 +6,9 @@ version): the golden test exists to catch every other such change. It writes, ne
 - `image.lic`: what `lic.codec.encode` makes of it with the golden model, and `decoded.png`: what
   `lic.codec.decode` gives back;
 - `weights.sha256`: the digest of the golden model's parameters, so a change of the model itself is told apart
-  from a change of the codec.
+  from a change of the codec;
+- `machine.json`: the torch build and CPU capability it was recorded with. Float arithmetic is the same only on
+  the same kind of CPU and torch build (lic.codec.determinism), so the test compares where those match.
 
 The golden model is the real LoC-LIC architecture at its smallest (N = 8, 8, 16; M = 40; 2 slices). Its context
 and parameter networks keep the official fixed widths (224, 192, 128), so even this model has 3.4 M parameters,
@@ -18,6 +20,7 @@ across releases (NEP 19), unlike torch's initialisers. g_a's last layer is scale
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +64,10 @@ def parameters_digest(model: CompressionModel) -> str:
     return digest.hexdigest()
 
 
+def machine() -> dict[str, str]:
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def main() -> None:
     model = golden_model()
     pixels = np.ascontiguousarray(data.astronaut()[20:148, 150:342])
@@ -69,6 +76,7 @@ def main() -> None:
     (HERE / "image.lic").write_bytes(stream)
     codec.decode(stream, model).save(HERE / "decoded.png")
     (HERE / "weights.sha256").write_text(parameters_digest(model) + "\n")
+    (HERE / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")
     print(f"{len(stream)} bytes ({8 * len(stream) / pixels.shape[0] / pixels.shape[1]:.2f} bpp)")
 
 

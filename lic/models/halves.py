@@ -1,0 +1,88 @@
+"""Coding on two cores without giving up bit-exactness: every convolution as two output-channel halves.
+
+Coding is pinned to one thread per operation (lic.codec.determinism), because an operation split across
+threads by torch sums in an order that depends on the thread count. Splitting a convolution by output channels
+instead changes no sum: each output channel is the same reduction over the same inputs whichever half computes
+it (measured: bit-identical to the whole convolution for every convolution of LoC-LIC on this machine). The
+two halves are always computed as two calls, so the arithmetic does not depend on the machine; whether they run
+at the same time, on two threads, or one after the other is only a matter of speed. `--jobs` workers run them
+one after the other, since their siblings already use the other cores.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import cache
+
+import torch
+from torch import Tensor, nn
+
+MIN_HALF = 8  # output channels of each half; smaller convolutions are not worth a thread hand-over
+_concurrent = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) > 1
+
+
+def run_halves_concurrently(enabled: bool) -> bool:
+    """Whether this process computes the two halves at the same time (default: when it has two cores or more).
+    Returns the previous setting."""
+    global _concurrent
+    previous, _concurrent = _concurrent, enabled
+    return previous
+
+
+@cache
+def _second_lane() -> ThreadPoolExecutor:
+    """The thread that computes the second half, on one torch thread like the coding thread (the setting is per
+    thread under OpenMP)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="lic-lane", initializer=torch.set_num_threads, initargs=(1,))
+
+
+def _half(conv: nn.Conv2d, x: Tensor, channels: slice) -> Tensor:
+    with torch.inference_mode():  # grad mode is per thread: the lane thread must not record autograd either
+        bias = None if conv.bias is None else conv.bias[channels]
+        return conv._conv_forward(x, conv.weight[channels], bias)
+
+
+def _split_forward(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    middle = conv.out_channels // 2
+    first, second = slice(0, middle), slice(middle, None)
+    if _concurrent:
+        pending = _second_lane().submit(_half, conv, x, second)
+        return torch.cat([_half(conv, x, first), pending.result()], dim=1)
+    return torch.cat([_half(conv, x, first), _half(conv, x, second)], dim=1)
+
+
+def splittable(module: nn.Module) -> bool:
+    """Plain, ungrouped convolutions with enough output channels (subclasses may override forward: left alone)."""
+    return (
+        type(module) is nn.Conv2d
+        and module.groups == 1
+        and module.out_channels % 2 == 0
+        and module.out_channels >= 2 * MIN_HALF
+    )
+
+
+_patching = threading.Lock()
+_coders: dict[int, int] = {}  # id(model) -> how many codings of it are under way (threads may share a model)
+
+
+@contextmanager
+def convolutions_in_halves(model: nn.Module) -> Iterator[None]:
+    """While coding: every splittable convolution of `model` computes its output channels in two halves."""
+    with _patching:
+        if not _coders.get(id(model)):
+            for conv in filter(splittable, model.modules()):
+                conv.forward = _split_forward.__get__(conv)
+        _coders[id(model)] = _coders.get(id(model), 0) + 1
+    try:
+        yield
+    finally:
+        with _patching:
+            _coders[id(model)] -= 1
+            if not _coders[id(model)]:
+                del _coders[id(model)]
+                for conv in filter(splittable, model.modules()):
+                    del conv.forward
