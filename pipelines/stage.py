@@ -1,4 +1,4 @@
-"""What every stage entry point shares: a user error is one line on stderr and exit code 2, like `lic`."""
+"""What every stage entry point shares: a user error is one line on stderr and its exit code, like `lic`."""
 
 from __future__ import annotations
 
@@ -13,4 +13,4 @@ def run(step: Callable[[], object]) -> None:
         step()
     except LicError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)

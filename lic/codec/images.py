@@ -13,6 +13,7 @@ The models code 8-bit RGB. Everything else is brought to that or refused with a 
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -31,15 +32,19 @@ class ImageWarning(UserWarning):
     """An input image was changed to fit the codec (alpha dropped, 16 bits reduced to 8)."""
 
 
-def open_image(path: Path | str) -> Image.Image:
-    """Read an image file, apply its EXIF orientation and bring it to RGB or L (see the module docstring)."""
-    path = Path(path)
-    if not path.exists():
-        raise LicError(f"{path}: no such file")
-    if path.is_dir():
-        raise LicError(f"{path}: is a folder, not an image")
+def open_image(path: Path | str | bytes) -> Image.Image:
+    """Read an image file (or its bytes: standard input), apply its EXIF orientation and bring it to RGB or L (see
+    the module docstring)."""
+    if isinstance(path, bytes):
+        path, source = Path("standard input"), io.BytesIO(path)
+    else:
+        path = source = Path(path)
+        if not path.exists():
+            raise LicError(f"{path}: no such file")
+        if path.is_dir():
+            raise LicError(f"{path}: is a folder, not an image")
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             sixteen_bit = any(";16" in str(tile.args) for tile in image.tile)
             image.load()
             upright = ImageOps.exif_transpose(image)
