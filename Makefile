@@ -57,7 +57,7 @@ format: setup ## Apply ruff fixes and formatting
 	$(VENV)/bin/ruff format .
 
 lock: setup ## Re-resolve requirements.lock from pyproject.toml and constraints.txt
-	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra dev -c constraints.txt \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra pipeline --extra test --extra dev -c constraints.txt \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet -o requirements.lock
 
 bench: setup ## Run the benchmarks and write docs/benchmarks.md

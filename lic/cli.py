@@ -1,4 +1,8 @@
-"""The `lic` command line. Sub-commands import their heavy dependencies lazily so `lic --help` stays fast."""
+"""The `lic` command line. Sub-commands import their heavy dependencies lazily, so `lic --help`, `lic info` and
+argument errors answer without importing torch (bench/cli_latency.py measures it).
+
+Exit codes (README, "Exit codes"): 0 done, 1 the command failed, 2 usage error, 3 a batch partly failed.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,29 @@ from lic.registry import cli as registry_cli
 from lic.stack.cli import app as stack_app
 from lic.train.cli import train
 
+
+def _readable_type(
+    self: typer.core.TyperOption | typer.core.TyperArgument, ctx: typer.core._click.Context
+) -> str | None:
+    """The value label help shows beside a parameter: typer >= 0.2x prints Python types there (<list[str]> for a
+    list argument, <bool> for a flag). An argument's name (IMAGE, checkpoint) says what it is and a flag takes no
+    value, so neither gets one; an option shows its metavar, else typer's label (<path>, <int>)."""
+    if isinstance(self, typer.core.TyperArgument) or getattr(self, "is_flag", False):
+        return None
+    return self.metavar or self.display_type(ctx)
+
+
+typer.core.TyperArgument.display_type_rich = _readable_type
+typer.core.TyperOption.display_type_rich = _readable_type
+
 app = typer.Typer(
     name="lic",
     help="LoC-LIC: low-complexity learned image coding, and the pipeline that trains and ships it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # sub-commands inherit it
+    rich_markup_mode=None,  # plain help and usage errors: typer's rich renderer alone imports for 0.3 s
 )
 app.command()(codec_cli.compress)
 app.command()(codec_cli.decompress)
@@ -35,16 +56,22 @@ app.add_typer(stack_app, name="stack")
 app.command()(train)
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    """LoC-LIC command line."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from lic import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"lic {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """LoC-LIC command line."""
 
 
 @app.command()
@@ -159,12 +186,12 @@ def summary(
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    """Console entry point: user errors become one line on stderr and their exit code, never a traceback."""
     try:
         app()
     except LicError as err:
         typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

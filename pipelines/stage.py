@@ -1,5 +1,5 @@
 """What every stage entry point shares: params.yaml loaded and validated once, then the stage's one library
-function, the same one its `lic` command calls; a user error is one line on stderr and exit code 2, like `lic`."""
+function, the same one its `lic` command calls; a user error is one line on stderr and its exit code, like `lic`."""
 
 from __future__ import annotations
 
@@ -16,4 +16,4 @@ def run(stage: Callable[..., object], *args: str) -> None:
         stage(load_params(), *args)
     except LicError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)

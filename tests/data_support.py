@@ -248,6 +248,8 @@ def dvc_project(directory: Path) -> Path:
     shutil.copy2(ROOT / ".gitignore", directory / ".gitignore")
     run(["git", "init", "-q"], directory)
     run([sys.executable, "-m", "dvc", "init", "-q"], directory)
+    shutil.copy2(ROOT / ".dvc" / "config", directory / ".dvc" / "config")  # analytics off, the offline plot page
+    shutil.copytree(ROOT / ".dvc" / "plots", directory / ".dvc" / "plots")
     return directory
 
 

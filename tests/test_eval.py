@@ -161,12 +161,18 @@ def test_dvc_runs_the_report_stage_and_shows_metrics_and_plots(evaluated, second
 
     run([sys.executable, "-m", "dvc", "repro", "--single-item", "report"], project)
     metrics = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project).stdout)
-    report = metrics[""]["data"]["outputs/report/metrics.json"]["data"]
-    assert set(report["datasets"]["sample"]["points"]["loclic-mse"]) == {"l0018", "l0130"}
-    assert report["datasets"]["sample"]["bd"]["jpeg"]["bd_rate"] is not None
+    report = {path: entry["data"] for path, entry in metrics[""]["data"].items() if path.startswith("outputs/report/")}
+    points = {path for path in report if path.startswith("outputs/report/metrics/sample/loclic-mse-")}
+    assert points == {f"outputs/report/metrics/sample/loclic-mse-{key}.json" for key in ("l0018", "l0130")}
+    assert report["outputs/report/metrics/sample/bd/jpeg.json"]["bd_rate"] is not None
+    assert report["outputs/report/metrics/complexity/loclic-mse.json"]["kmac_per_pixel"] > 0
+    keys = set().union(*(values.keys() for values in report.values()))  # few columns: the table stays readable
+    assert keys == {"bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s", "bd_rate", "bd_psnr",
+                    "bd_rate_ms_ssim", "kmac_per_pixel", "parameters"}  # fmt: skip
     plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], project).stdout)["data"]
-    files = {row["filename"] for row in plots["rd-psnr"][0]["content"]["data"]["values"]}
-    assert files == {f"{codec}.csv" for codec in ("loclic-mse", *ANCHORS)}
+    curve = plots["outputs/report/curves/sample.csv"][0]["content"]
+    assert {row["codec"] for row in curve["data"]["values"]} == {"loclic-mse", *ANCHORS}  # one colour each
+    assert curve["hconcat"][1]["encoding"]["y"]["field"] == "ms_ssim_db"
     assert any(key.endswith("rd_sample.png") for key in plots)
 
     run(["git", "add", "-A"], project)
@@ -175,8 +181,8 @@ def test_dvc_runs_the_report_stage_and_shows_metrics_and_plots(evaluated, second
     write_params(project, params)
     run([sys.executable, "-m", "dvc", "repro", "--single-item", "report"], project)
     diff = json.loads(run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], project).stdout)
-    changed = diff["outputs/report/metrics.json"]
-    assert "datasets.sample.bd.avif.bd_rate" in changed and "datasets.sample.bd.jpeg.bd_rate" in changed
+    assert diff["outputs/report/metrics/sample/bd/avif.json"]["bd_rate"]["old"] is None  # new: against jpeg now
+    assert diff["outputs/report/metrics/sample/bd/jpeg.json"]["bd_rate"]["new"] is None  # the anchor itself
 
 
 def test_evaluate_names_a_missing_checkpoint(manifest, tmp_path) -> None:

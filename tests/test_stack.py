@@ -191,7 +191,7 @@ def test_up_again_is_a_no_op_and_taken_ports_are_refused(stack, tmp_path: Path) 
     assert json.loads((directory / "run" / "state.json").read_text())["services"] == before
 
     other = _lic("stack", "up", "--dir", tmp_path / "other", *ports)
-    assert other.returncode == 2
+    assert other.returncode == 1
     assert other.stderr.startswith("error: port ") and "already in use" in other.stderr
     assert "Traceback" not in other.stderr
     assert not (tmp_path / "other" / "run" / "state.json").exists()

@@ -48,5 +48,5 @@ def test_summary_after_a_rerun_of_register_names_the_versions_it_found(tmp_path:
 def test_summary_before_the_pipeline_ran_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(PARAMS)
     out = _summary(tmp_path)
-    assert out.returncode == 2
+    assert out.returncode == 1
     assert "run `make pipeline`" in out.stderr and "Traceback" not in out.stderr

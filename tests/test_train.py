@@ -167,6 +167,6 @@ def test_cli_with_an_unknown_lambda_key_is_a_one_line_error(project_root, tmp_pa
     lic = Path(sys.executable).parent / "lic"
     args = [str(lic), "train", "--key", "l9999", "--config", str(project_root / "params.yaml")]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("error: ") and "not in the lambdas table" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,10 +1,12 @@
 """`lic compress`, `lic decompress`, `lic info`: the codec for image files.
 
-Inputs may be files, folders (their images, or their .lic files, not recursive) and glob patterns. Every
-output is written to a temporary file and renamed, so an interrupted run never leaves half a file; existing
-outputs are only replaced with --force. A file that fails is reported and skipped, and the command exits
-with code 2 at the end. Progress goes to stderr, the summary table to stdout. Torch and the models are
-imported only when a command runs, so `lic --help` stays fast.
+Inputs may be files, folders (their images, or their .lic files, not recursive) and glob patterns, or `-` for
+standard input (then the output goes to standard output unless -o names a file; `-o -` writes there too). Every
+output file is written to a temporary file and renamed, so an interrupted run never leaves half a file; existing
+outputs are only replaced with --force. A file that fails is reported and skipped, and the command exits with
+code 3 at the end (1 when nothing was done, 2 for options that do not fit the inputs). Progress goes to stderr,
+the summary table to stdout (stderr when stdout carries the data). Torch and the models are imported only when
+a command codes, so `lic --help`, `lic info` and argument errors stay fast.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import glob
 import json
 import multiprocessing
 import os
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -23,20 +27,26 @@ from typing import Annotated
 import typer
 
 from lic.codec.container import DECODE_BUDGET_PIXELS, MAX_PIXELS
-from lic.errors import LicError
+from lic.errors import LicError, PartialFailureError, UsageError
 
 LIC_SUFFIX = ".lic"
 DECODED_SUFFIX = ".png"
 MODEL_ENV = "LIC_MODEL"
+STDIO = Path("-")  # as an input: standard input; as an output: standard output
 
 ModelOption = typer.Option(
     "--model",
     "-m",
     envvar=MODEL_ENV,
+    metavar="MODEL",
     help="Checkpoint file, a folder holding model.pt (lic pull), or models:/NAME@ALIAS | models:/NAME/VERSION.",
 )
-OutputOption = typer.Option("--output", "-o", help="Output file (only with a single input).")
-OutDirOption = typer.Option("--out-dir", help="Write outputs into this folder (default: beside each input).")
+OutputOption = typer.Option(
+    "--output", "-o", metavar="FILE", help="Output file (only with a single input); - for standard output."
+)
+OutDirOption = typer.Option(
+    "--out-dir", metavar="FOLDER", help="Write outputs into this folder (default: beside each input)."
+)
 ForceOption = typer.Option("--force", "-f", help="Replace outputs that already exist.")
 MaxPixelsOption = typer.Option(
     "--max-pixels",
@@ -54,7 +64,10 @@ JobsOption = typer.Option(
 
 
 def compress(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(metavar="IMAGE", help="Image files, folders, glob patterns, or - (stdin).", show_default=False),
+    ],
     model: Annotated[str, ModelOption],
     output: Annotated[Path | None, OutputOption] = None,
     out_dir: Annotated[Path | None, OutDirOption] = None,
@@ -62,16 +75,17 @@ def compress(
     jobs: Annotated[int | None, JobsOption] = None,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF, PPM) into .lic files."""
-    from lic.codec import bits_per_pixel, encode, open_image
-    from lic.codec.resolve import resolve_model
     from lic.data.rgb import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
 
     sources = expand_inputs(inputs, IMAGE_SUFFIXES)
     plan = plan_outputs(sources, LIC_SUFFIX, output, out_dir, force)
+    from lic.codec import bits_per_pixel, encode, open_image  # torch: only once the arguments are known good
+    from lic.codec.resolve import resolve_model
+
     net = resolve_model(model)
 
     def one(source: Path, target: Path) -> tuple[int, float]:
-        image = open_image(source)
+        image = open_image(_read(source) if source == STDIO else source)
         data = encode(image, net)
         _write(target, lambda tmp: tmp.write_bytes(data))
         return len(data), bits_per_pixel(len(data), image.height, image.width)
@@ -80,7 +94,10 @@ def compress(
 
 
 def decompress(
-    inputs: Annotated[list[str], typer.Argument(help=".lic files, folders or glob patterns.", show_default=False)],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(metavar="LIC", help=".lic files, folders, glob patterns, or - (stdin).", show_default=False),
+    ],
     model: Annotated[str | None, ModelOption] = None,
     output: Annotated[Path | None, OutputOption] = None,
     out_dir: Annotated[Path | None, OutDirOption] = None,
@@ -88,24 +105,26 @@ def decompress(
     max_pixels: Annotated[int, MaxPixelsOption] = DECODE_BUDGET_PIXELS,
     jobs: Annotated[int | None, JobsOption] = None,
 ) -> None:
-    """Decompress .lic files into images (PNG unless -o names another format)."""
+    """Decompress .lic files into images (PNG unless -o names another format; PNG on standard output)."""
     from PIL import Image
 
-    from lic.codec import bits_per_pixel, decode, read_header
-    from lic.codec.resolve import resolve_model
+    from lic.codec.container import read_header
 
     sources = expand_inputs(inputs, (LIC_SUFFIX,))
     if model is None:
         header = read_header(_read(sources[0]))
-        raise LicError(
-            f"{sources[0]} was encoded by model {header.model} (fingerprint {header.fingerprint}): "
+        raise UsageError(
+            f"{_name(sources[0])} was encoded by model {header.model} (fingerprint {header.fingerprint}): "
             f"name it with --model or ${MODEL_ENV}"
         )
     plan = plan_outputs(sources, DECODED_SUFFIX, output, out_dir, force)
-    formats = Image.registered_extensions()
+    formats = {**Image.registered_extensions(), "": "PNG"}  # "": standard output
     for _, target in plan:
         if target.suffix.lower() not in formats:
-            raise LicError(f"{target}: unknown image format {target.suffix!r}; use .png, .tif, .ppm, ...")
+            raise UsageError(f"{target}: unknown image format {target.suffix!r}; use .png, .tif, .ppm, ...")
+    from lic.codec import bits_per_pixel, decode  # torch: only once the arguments are known good
+    from lic.codec.resolve import resolve_model
+
     net = resolve_model(model)
 
     def one(source: Path, target: Path) -> tuple[int, float]:
@@ -118,12 +137,14 @@ def decompress(
 
 
 def info(
-    inputs: Annotated[list[str], typer.Argument(help=".lic files, folders or glob patterns.", show_default=False)],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(metavar="LIC", help=".lic files, folders, glob patterns, or - (stdin).", show_default=False),
+    ],
     json_out: Annotated[bool, typer.Option("--json", help="Print the headers as JSON.")] = False,
 ) -> None:
     """Print what a .lic file says about itself: model, image size, colour mode, bytes, bpp."""
-    from lic.codec import bits_per_pixel
-    from lic.codec.container import unpack
+    from lic.codec.container import unpack  # the container alone: no torch, so this answers at once
 
     rows, failures = [], []
     for source in expand_inputs(inputs, (LIC_SUFFIX,)):
@@ -131,7 +152,7 @@ def info(
             data = _read(source)
             header, _ = unpack(data)  # verifies lengths and checksum too
         except LicError as err:
-            failures.append(f"{source}: {err}")
+            failures.append(_about(source, err))
             continue
         rows.append(
             {
@@ -143,7 +164,7 @@ def info(
                 "mode": header.mode,
                 "bytes": len(data),
                 "header_bytes": header.header_bytes,
-                "bpp": bits_per_pixel(len(data), header.height, header.width),
+                "bpp": header.bpp,  # the whole file: unpack checked that it is header and streams
             }
         )
     if json_out:
@@ -162,7 +183,15 @@ def info(
 
 
 def expand_inputs(inputs: Iterable[str], suffixes: Collection[str]) -> list[Path]:
-    """Files named, the files with `suffixes` in folders named (sorted), and the files glob patterns match."""
+    """Files named, the files with `suffixes` in folders named (sorted), and the files glob patterns match.
+
+    `-` stands for standard input and must then be the only input.
+    """
+    inputs = list(inputs)
+    if "-" in inputs:
+        if len(inputs) > 1:
+            raise UsageError("- (standard input) must be the only input")
+        return [STDIO]
     found: dict[Path, None] = {}
     for item in inputs:
         path = Path(item).expanduser()
@@ -187,25 +216,34 @@ def expand_inputs(inputs: Iterable[str], suffixes: Collection[str]) -> list[Path
 def plan_outputs(
     sources: list[Path], suffix: str, output: Path | None, out_dir: Path | None, force: bool
 ) -> list[tuple[Path, Path]]:
-    """(source, target) pairs, checked before any work: one target each, writable folders, nothing clobbered."""
+    """(source, target) pairs, checked before any work: one target each, writable folders, nothing clobbered.
+
+    Standard input goes to standard output unless -o names a file; `-o -` sends a single output there.
+    """
     if output is not None and out_dir is not None:
-        raise LicError("give either -o/--output or --out-dir, not both")
+        raise UsageError("give either -o/--output or --out-dir, not both")
     if output is not None:
         if len(sources) != 1:
-            raise LicError(f"-o/--output names one file but there are {len(sources)} inputs: use --out-dir")
+            raise UsageError(f"-o/--output names one file but there are {len(sources)} inputs: use --out-dir")
         targets = [output]
+    elif sources == [STDIO]:
+        if out_dir is not None:
+            raise UsageError("standard input has no file name for --out-dir: use -o FILE, or neither for stdout")
+        targets = [STDIO]
     else:
         targets = [(out_dir or source.parent) / (source.stem + suffix) for source in sources]
     seen: dict[Path, Path] = {}
     for source, target in zip(sources, targets, strict=True):
+        if target == STDIO:
+            continue
         if target.resolve() in seen:
-            raise LicError(f"{seen[target.resolve()]} and {source} would both be written to {target}")
+            raise UsageError(f"{seen[target.resolve()]} and {source} would both be written to {target}")
         seen[target.resolve()] = source
-        if target.resolve() == source.resolve():
-            raise LicError(f"{source}: the output would replace the input")
+        if source != STDIO and target.resolve() == source.resolve():
+            raise UsageError(f"{source}: the output would replace the input")
         if target.exists() and not force:
             raise LicError(f"{target} exists (use --force to replace it)")
-    for folder in sorted({target.parent for target in targets}):
+    for folder in sorted({target.parent for target in targets if target != STDIO}):
         _check_writable(folder)
     return list(zip(sources, targets, strict=True))
 
@@ -220,6 +258,8 @@ def _check_writable(folder: Path) -> None:
 
 
 def _read(path: Path) -> bytes:
+    if path == STDIO:
+        return sys.stdin.buffer.read()
     try:
         return path.read_bytes()
     except OSError as err:
@@ -227,9 +267,19 @@ def _read(path: Path) -> bytes:
 
 
 def _write(target: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file beside the target, renamed into place only when complete."""
+    """Write through a temporary file beside the target, renamed into place only when complete.
+
+    Standard output gets the finished file in one write, so a failure never leaves half an image in a pipe.
+    """
     from lic.io.atomic import atomic_path
 
+    if target == STDIO:
+        with tempfile.TemporaryDirectory(prefix="lic-") as folder:
+            tmp = Path(folder) / "output"
+            write(tmp)
+            sys.stdout.buffer.write(tmp.read_bytes())
+            sys.stdout.buffer.flush()
+        return
     try:
         with atomic_path(target) as tmp:
             write(tmp)
@@ -275,7 +325,7 @@ def _attempt(one: Work, source: Path, target: Path) -> _Outcome:
             size, bpp = one(source, target)
             error = None
         except LicError as err:
-            size, bpp, error = 0, 0.0, f"{source}: {err}"
+            size, bpp, error = 0, 0.0, _about(source, err)
     return _Outcome(size, bpp, error, tuple(str(w.message) for w in caught if issubclass(w.category, ImageWarning)))
 
 
@@ -334,12 +384,25 @@ def _run(verb: str, jobs: list[tuple[Path, Path]], one: Work, workers: int | Non
                 say(f"warning: {message}")
             progress.advance(task)
     if totals.files:
-        _print_summary(totals, time.perf_counter() - start)
+        _print_summary(totals, time.perf_counter() - start, to_stderr=any(t == STDIO for _, t in jobs))
     _report_failures(failures, len(jobs))
 
 
+def _name(source: Path) -> str:
+    return "standard input" if source == STDIO else str(source)
+
+
+def _about(source: Path, err: LicError) -> str:
+    """The error line of one input, naming it once (errors from opening a file already start with its path)."""
+    name, message = _name(source), str(err)
+    return message if message.startswith(f"{name}:") else f"{name}: {message}"
+
+
 def _report_failures(failures: list[str], total: int) -> None:
-    """One error line per failed file; the command then fails with a count (or that one error, if alone)."""
+    """One error line per failed file; the command then fails with a count (or that one error, if alone).
+
+    Exit code 3 (PartialFailureError) when some files were done, 1 when none was.
+    """
     from lic.io.progress import say
 
     if total == 1 and failures:
@@ -347,10 +410,11 @@ def _report_failures(failures: list[str], total: int) -> None:
     for failure in failures:
         say(f"error: {failure}")
     if failures:
-        raise LicError(f"{len(failures)} of {total} files failed")
+        error = LicError if len(failures) == total else PartialFailureError
+        raise error(f"{len(failures)} of {total} files failed")
 
 
-def _print_summary(totals: _Totals, seconds: float) -> None:
+def _print_summary(totals: _Totals, seconds: float, to_stderr: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -358,4 +422,4 @@ def _print_summary(totals: _Totals, seconds: float) -> None:
     for column in ("files", "coded bytes", "mean bpp", "time"):
         table.add_column(column, justify="right")
     table.add_row(str(totals.files), f"{totals.bytes:,}", f"{totals.bpp_sum / totals.files:.4f}", f"{seconds:.1f} s")
-    Console().print(table)
+    Console(stderr=to_stderr).print(table)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from lic.codec.container import FINGERPRINT_BYTES
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _CACHE_ATTRIBUTE = "_lic_fingerprint"
 
@@ -25,6 +26,8 @@ def fingerprint(model: nn.Module) -> str:
     Hashing LoC-LIC's 70 M parameters and CDF tables takes 0.2 s, so the result is computed once per model
     object and kept on it. Codec models are frozen; a model trained further keeps its first fingerprint.
     """
+    import torch  # here, not at the top: `lic.codec` exports this name eagerly and must stay torch-free
+
     cached = getattr(model, _CACHE_ATTRIBUTE, None)
     if cached is not None:
         return cached

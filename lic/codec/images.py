@@ -17,6 +17,7 @@ The models code 8-bit RGB. Everything else is brought to that or refused with a 
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -37,17 +38,21 @@ class ImageWarning(UserWarning):
     left out)."""
 
 
-def open_image(path: Path | str) -> Image.Image:
-    """Read an image file, apply its EXIF orientation and bring it to RGB or L (see the module docstring)."""
-    path = Path(path)
-    if not path.exists():
-        raise LicError(f"{path}: no such file")
-    if path.is_dir():
-        raise LicError(f"{path}: is a folder, not an image")
+def open_image(path: Path | str | bytes) -> Image.Image:
+    """Read an image file (or its bytes: standard input), apply its EXIF orientation and bring it to RGB or L (see
+    the module docstring)."""
+    if isinstance(path, bytes):
+        path, source = Path("standard input"), io.BytesIO(path)
+    else:
+        path = source = Path(path)
+        if not path.exists():
+            raise LicError(f"{path}: no such file")
+        if path.is_dir():
+            raise LicError(f"{path}: is a folder, not an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if problem := size_problem(image.height, image.width):  # before load(): the size is declared
                     raise LicError(f"{path}: {problem}")
                 sixteen_bit = any(";16" in str(tile.args) for tile in image.tile)

@@ -24,6 +24,14 @@ def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
+def ms_ssim_db(value: float) -> float:
+    """MS-SSIM on a decibel scale, -10 log10(1 - MS-SSIM), as CompressAI's plots show it: 0.99 is 20 dB, 0.999 is
+    30 dB, so differences near 1 stay visible. Infinite for a perfect score; NaN stays NaN."""
+    if math.isnan(value):
+        return math.nan
+    return math.inf if value >= 1 else -10 * math.log10(1 - value)
+
+
 def ms_ssim(original: np.ndarray, decoded: np.ndarray) -> float:
     """MS-SSIM of two uint8 H x W x 3 images (data_range 255)."""
     _check_pair(original, decoded)

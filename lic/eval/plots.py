@@ -1,4 +1,6 @@
-"""Rate-distortion figures (PSNR-bpp and MS-SSIM-bpp side by side) as PNG, with matplotlib's Agg backend."""
+"""Rate-distortion figures (PSNR-bpp and MS-SSIM-bpp side by side) as PNG, with matplotlib's Agg backend.
+
+MS-SSIM is drawn in dB (lic.eval.metrics.ms_ssim_db), as CompressAI's plots and the DVC plots do."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ matplotlib.use("Agg")  # files only: stages and CI have no display
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from lic.eval.metrics import ms_ssim_db
 from lic.io.atomic import atomic_path
 
-PANELS = (("psnr", "PSNR (dB, RGB, peak 255)"), ("ms_ssim", "MS-SSIM (RGB)"))
+PANELS = (("psnr", "PSNR (dB, RGB, peak 255)"), ("ms_ssim_db", "MS-SSIM (dB, -10 log10(1 - MS-SSIM), RGB)"))
 STYLES = {
     "measured": {"marker": "o", "linestyle": "-"},
     "reference": {"marker": "x", "linestyle": "--", "alpha": 0.8},
@@ -37,11 +40,14 @@ def save_rd_figure(series: Sequence[Series], title: str, path: Path) -> Path:
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for axis, (column, label) in zip(axes, PANELS, strict=True):
         for item in series:
-            if column not in item.points or item.points[column].isna().all():
+            points = item.points
+            if "ms_ssim" in points:
+                points = points.assign(ms_ssim_db=points["ms_ssim"].map(ms_ssim_db))
+            if column not in points or points[column].isna().all():
                 continue
-            points = item.points.dropna(subset=[column]).sort_values("bpp")
+            points = points.dropna(subset=[column]).sort_values("bpp")
             axis.plot(points["bpp"], points[column], label=item.label, **STYLES[item.kind])
-        axis.set_xlabel("bits per pixel (whole file)")
+        axis.set_xlabel("rate (bits per pixel, whole file)")
         axis.set_ylabel(label)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize="small")

@@ -4,13 +4,18 @@ Per dataset it draws one figure (PSNR-bpp and MS-SSIM-bpp) with the model's curv
 anchors measured live on the same images, and the published curves when the dataset is the one they were
 measured on; it computes BD-rate and BD-PSNR of every curve against the chosen anchor (params: report.anchor),
 and checks that each anchor's sweep covers the model's rate range. Outputs, under report.out_dir:
-`metrics.json` (numbers only, DVC metrics), `curves/<codec>.csv` (DVC plots), `figures/rd_<dataset>.png` and
-`report.md` (the same for people, with every caveat).
+- `metrics/` (DVC metrics): small files of the same few keys, so `dvc metrics show` is a long table rather than a
+  wide one: `<dataset>/<codec>-<setting>.json` (bpp, PSNR, MS-SSIM and its dB, timings of each model point),
+  `<dataset>/bd/<codec>.json` (BD numbers against the anchor), `complexity/<codec>.json`;
+- `curves/<dataset>.csv` (DVC plots, template .dvc/plots/rd.json): every codec's points on that dataset, the
+  published ones included, with MS-SSIM in dB;
+- `figures/rd_<dataset>.png` and `report.md`: the same for people, with every caveat.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from lic.eval.anchors import ANCHORS_DIR, IMAGES
 from lic.eval.bd import bd_metrics
 from lic.eval.evaluate import read_results
 from lic.eval.measure import curve_points
+from lic.eval.metrics import ms_ssim_db
 from lic.eval.plots import Series, save_rd_figure
 from lic.eval.reference import reference_points
 from lic.io.atomic import atomic_path, write_text
@@ -64,12 +70,44 @@ def write_report(
         series = [Series(codec, curve) for codec, curve in rows.groupby("codec", sort=True)]
         series += [Series(f"{model} (published)", p, "reference") for model, p in published.items()]
         save_rd_figure(series, f"{dataset}: {section['images']} images", out_dir / "figures" / f"rd_{dataset}.png")
-    for codec, curve in points.groupby("codec", sort=True):
-        with atomic_path(out_dir / "curves" / f"{codec}.csv") as tmp:
-            curve.to_csv(tmp, index=False, float_format="%.6g")
-    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        with atomic_path(out_dir / "curves" / f"{dataset}.csv") as tmp:
+            _curve_table(rows, published).to_csv(tmp, index=False, float_format="%.6g")
+    write_metric_files(metrics, out_dir / "metrics")
     write_text(out_dir / "report.md", markdown(metrics, notes, references))
     return metrics
+
+
+def _curve_table(rows: pd.DataFrame, published: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One dataset's points for the DVC plot: measured codecs, then the published curves (setting: the lambda)."""
+    references = [
+        points.assign(codec=f"{model} (published)", setting=points["lmbda"].map("{:g}".format))
+        for model, points in published.items()
+    ]
+    table = pd.concat([rows, *references], ignore_index=True)[["codec", "setting", "bpp", "psnr", "ms_ssim"]]
+    return table.assign(ms_ssim_db=table["ms_ssim"].map(ms_ssim_db)).sort_values(["codec", "bpp"])
+
+
+def write_metric_files(metrics: Mapping[str, Any], folder: Path) -> None:
+    """The report's numbers as DVC metrics: one small file per model point, BD comparison and codec (see above)."""
+    files: dict[str, Mapping[str, Any]] = {}
+    for codec, complexity in metrics["complexity"].items():
+        files[f"complexity/{_slug(codec)}.json"] = {k: complexity[k] for k in ("kmac_per_pixel", "parameters")}
+    for dataset, section in metrics["datasets"].items():
+        for codec, settings in section["points"].items():
+            for setting, point in settings.items():
+                files[f"{dataset}/{_slug(codec)}-{setting}.json"] = {
+                    **point,
+                    "ms_ssim_db": ms_ssim_db(point["ms_ssim"]),
+                }
+        for codec, bd in section["bd"].items():
+            files[f"{dataset}/bd/{_slug(codec)}.json"] = bd
+    for name, values in files.items():
+        write_text(folder / name, json.dumps(values, indent=2) + "\n")
+
+
+def _slug(name: str) -> str:
+    """A file name for a codec name: "MLIC++ (published)" -> "mlic-published"."""
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
 
 
 def _check_same_images(table: pd.DataFrame) -> None:

@@ -9,7 +9,7 @@ pass reconstruct exactly what the real codec does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import torch
@@ -102,6 +102,22 @@ class LoCLIC(CompressionModel):
         self.lrp_anchor = nn.ModuleList(LatentResidualPrediction(M + sc * (i + 1), sc) for i in range(slices))
         self.lrp_nonanchor = nn.ModuleList(LatentResidualPrediction(M + sc * (i + 1), sc) for i in range(slices))
         self._coding_tables: tuple[list, list[int], list[int]] | None = None
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, Any]) -> LoCLIC:
+        """The model a state dict (or a whole lic checkpoint) holds, with its config read off the weights.
+
+        CompressAI's tools (`python -m compressai.utils.eval_model checkpoint`) load models this way: they know
+        the architecture, not its config. A lic checkpoint records the config; a bare state dict gives it by its
+        shapes (`config_from_state_dict`).
+        """
+        if "state_dict" in state_dict and "config" in state_dict:
+            config, state_dict = state_dict["config"], state_dict["state_dict"]
+        else:
+            config = config_from_state_dict(state_dict)
+        model = cls(**config)
+        model.load_state_dict(state_dict)
+        return model
 
     def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:
         """Rebuild the CDF tables (LoC-LIC's finer scale table unless one is given)."""
@@ -271,3 +287,17 @@ class LoCLIC(CompressionModel):
 
         y_hat, _, _ = self._slices(hyper_params, decode_half)
         return {"x_hat": self.g_s(y_hat)}
+
+
+def config_from_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
+    """LoC-LIC's config (N, M, slices) from the shapes of its weights: g_a's first conv per level gives the width
+    of that level, g_a's last conv gives M, and there is one local context per slice."""
+    widths, level = [], 0
+    while f"g_a.{2 * level}.conv1.weight" in state_dict:
+        widths.append(int(state_dict[f"g_a.{2 * level}.conv1.weight"].shape[0]))
+        level += 1
+    last = f"g_a.{2 * level}.weight"
+    if not widths or last not in state_dict:
+        raise ValueError("not a LoC-LIC state dict: no g_a levels (g_a.0.conv1.weight ... g_a.<2n>.weight)")
+    slices = len({key.split(".")[1] for key in state_dict if key.startswith("local_context.")})
+    return {"N": widths, "M": int(state_dict[last].shape[0]), "slices": slices}

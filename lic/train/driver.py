@@ -24,9 +24,9 @@ from lic.io.atomic import atomic_path, write_text
 from lic.params import Params
 from lic.train.loop import train_worker
 from lic.train.settings import RunSettings, resolve
-from lic.train.tracking import mark_failed, open_run
+from lic.train.tracking import STEP_CURVES, mark_failed, open_run, step_history
 
-METRICS_OUTPUT = "metrics.json"
+METRICS_OUTPUT, STEPS_OUTPUT = "metrics.json", "steps.csv"
 
 
 def train(params: Params, key: str | None = None, lmbda: float | None = None, metric: str | None = None) -> Path:
@@ -61,7 +61,7 @@ def train(params: Params, key: str | None = None, lmbda: float | None = None, me
         except TrainingFailedError as err:
             mark_failed(settings, run_id)
             raise LicError(f"training run {settings.run_name} failed: {err}") from err
-        return _export(result, settings)
+        return _export(result, settings, run_id)
     finally:
         if started_here:
             ray.shutdown()
@@ -89,8 +89,8 @@ def quiet_ray_logs() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
-def _export(result: Result, settings: RunSettings) -> Path:
-    """Copy the latest checkpoint's model.pt and write the final metrics next to it."""
+def _export(result: Result, settings: RunSettings, run_id: str) -> Path:
+    """Copy the latest checkpoint's model.pt and write the final metrics and the per-step curves next to it."""
     if result.checkpoint is None:
         raise LicError(f"training run {settings.run_name} ended without a checkpoint")
     out_dir = Path(settings.out_dir)
@@ -99,4 +99,14 @@ def _export(result: Result, settings: RunSettings) -> Path:
         pyarrow.fs.copy_files(f"{checkpoint.path}/{CHECKPOINT_FILE}", str(tmp), source_filesystem=checkpoint.filesystem)
     metrics = {name: value for name, value in result.metrics.items() if isinstance(value, int | float)}
     write_text(out_dir / METRICS_OUTPUT, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_text(out_dir / STEPS_OUTPUT, steps_csv(step_history(settings.tracking_uri, run_id)))
     return out_dir
+
+
+def steps_csv(rows: list[dict[str, float]]) -> str:
+    """Rows of step_history as CSV, a column per curve (empty where a step did not log it)."""
+    lines = [",".join(["step", *STEP_CURVES])]
+    for row in rows:
+        values = ("" if row.get(name) is None else f"{row[name]:.6g}" for name in STEP_CURVES)
+        lines.append(",".join([str(int(row["step"])), *values]))
+    return "\n".join(lines) + "\n"

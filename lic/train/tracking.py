@@ -41,6 +41,21 @@ def open_run(settings: RunSettings) -> str:
     return run.info.run_id
 
 
+# What the train stage's steps.csv holds per logged step (DVC plots, template .dvc/plots/steps.json).
+STEP_CURVES = ("loss", "bpp", "psnr", "lr", "samples_per_s", "val_loss", "val_bpp", "val_psnr")
+
+
+def step_history(tracking_uri: str, run_id: str, names: tuple[str, ...] = STEP_CURVES) -> list[dict[str, float]]:
+    """The run's logged metrics, one row per step (the last value where a restarted attempt logged a step again);
+    a metric not logged at a step is missing from that row."""
+    client = MlflowClient(tracking_uri)
+    rows: dict[int, dict[str, float]] = {}
+    for name in names:
+        for metric in sorted(client.get_metric_history(run_id, name), key=lambda m: m.timestamp):
+            rows.setdefault(metric.step, {"step": metric.step})[name] = metric.value
+    return [rows[step] for step in sorted(rows)]
+
+
 def mark_failed(settings: RunSettings, run_id: str) -> None:
     MlflowClient(settings.tracking_uri).set_terminated(run_id, "FAILED")
 
