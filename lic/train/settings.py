@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from lic.errors import LicError
+from lic.registry.tracking import tracking_uri
 
 METRICS = ("mse", "ms-ssim")
 FAIL_AT_STEP_ENV = "LIC_TRAIN_FAIL_AT_STEP"  # fault-injection hook of the tests: docs/training.md
@@ -201,16 +202,6 @@ STORAGE_ENV = "LIC_STORAGE_PATH"
 def storage_path(value: str, root: Path) -> str:
     """A URI (s3://...) as it is; a local folder made absolute, since Ray resolves it on other processes."""
     return value if "://" in value else str((root / value).resolve())
-
-
-def tracking_uri(root: Path) -> str:
-    """MLFLOW_TRACKING_URI, else MLflow's own default store, a SQLite file at the project root (absolute, since
-    workers run elsewhere). Several machines need a tracking server: docs/training.md."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(root / uri[len(prefix) :])
-    return uri
 
 
 def _section(params: dict[str, Any], name: str) -> dict[str, Any]:
