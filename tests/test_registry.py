@@ -1,8 +1,11 @@
-"""The model registry against a real `mlflow server` whose artifacts live in S3 (moto), and a local SQLite store.
+"""The model registry against a real `mlflow server` whose artifacts live in S3 (moto), and local SQLite stores.
 
 One server pair per module. Three tiny checkpoints of known relative quality (the same encoder; the decoder of
 one draws mid-grey, of the others near-black) are evaluated for real and registered in turn, so the promotion
-gate sees real measurements: the first becomes champion, the better one replaces it, a worse one is refused.
+gate sees real measurements: the first becomes champion, the better one replaces it, a worse one is refused (the
+quality floor off). With the floor on, JPEG measured on the same images refuses all of them, as it refuses the
+sample pipeline's 16-step models. Models are logged as code (no pickle); `lic` runs as a user would run it, from
+folders inside and outside a project; `mlflow models serve` codes both ways.
 """
 
 from __future__ import annotations
@@ -323,7 +326,8 @@ def test_quality_floor_compares_with_jpeg_at_the_same_rate(jpeg_table) -> None:
 
 def test_register_stage_promotes_none_worse_than_jpeg(evaluated, jpeg_table, project_root, tmp_path, monkeypatch):
     """The register stage on real evaluation outputs (two versions of one rate point, ~9 and ~13 dB) and JPEG's
-    real measurement: both become candidates, neither champion, and the summary says so."""
+    real measurement: both become candidates, neither champion (the one champion from before the floor loses the
+    alias), and the summary says so."""
     params = load_params(project_root / "params.yaml")
     params["lambdas"] = {"first": {"lmbda": 0.013}, "better": {"lmbda": 0.013}}
     for key in params["lambdas"]:
@@ -338,15 +342,18 @@ def test_register_stage_promotes_none_worse_than_jpeg(evaluated, jpeg_table, pro
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     with tracking(None):  # no store named: the project's
+        # a store from before the floor: "first" became champion by being first
+        register_checkpoint("outputs/train/first/model.pt", "outputs/eval/first", "local", quality_floor=None)
         outcome = register_lambdas(params)
         text = summary(params)
     store = f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert [entry["version"] for entry in outcome.values()] == ["1", "2"]
     for entry in outcome.values():
         assert entry["store"] == store and not entry["champion"] and not entry["decision"]["promoted"]
-        assert entry["decision"]["reason"].startswith("not better than jpeg on sample: ")
+        assert "not better than jpeg on sample: " in entry["decision"]["reason"]
+    assert outcome["first"]["decision"]["reason"].startswith("no longer champion: ")  # the floor took the alias
     client = mlflow.MlflowClient(store)
-    assert client.get_model_version_by_alias(NAME, "candidate").version == "2"
+    assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "2"
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(NAME, "champion")
     assert client.get_model_version(NAME, "1").tags["floor"] == "failed"
@@ -435,7 +442,7 @@ def test_lineage_from_the_training_run_to_the_version(servers, manifest, project
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
-    assert [model.model_id for model in logged] == [version.model_id]
+    assert [f"models:/{model.model_id}" for model in logged] == [version.source]
     assert "lambda 0.0067" in client.get_registered_model(registration.name).description
     assert "kMAC/pixel" in version.description and "| sample | 2 |" in version.description
     folder = Path(

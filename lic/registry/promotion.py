@@ -121,6 +121,22 @@ def decide(candidate: Scores, champion: Scores | None, tolerance: float = 0.0) -
     return Decision(True, _with_floor(f"not worse than the champion: {detail}", candidate))
 
 
+def recheck_floor(client: MlflowClient, name: str, version: str, floor: Decision) -> Decision | None:
+    """Apply the floor to a version registered before it existed (or while it was off): record the verdict, and
+    take `champion` from the version if it fails, so no store keeps advertising a codec worse than the anchor.
+    Returns the decision when the alias moved, else None."""
+    client.set_model_version_tag(name, version, FLOOR_TAG, FLOOR_PASSED if floor.promoted else FLOOR_FAILED)
+    client.set_model_version_tag(name, version, FLOOR_TAG + "_reason", floor.reason)
+    current = champion_of(client, name)
+    if floor.promoted or current is None or str(current.version) != str(version):
+        return None
+    client.delete_registered_model_alias(name, CHAMPION)
+    decision = Decision(False, f"no longer champion: {floor.reason}")
+    client.set_model_version_tag(name, version, "promotion", "refused")
+    client.set_model_version_tag(name, version, "promotion_reason", decision.reason)
+    return decision
+
+
 def _with_floor(reason: str, candidate: Scores) -> str:
     return f"{reason}; {candidate.floor_reason}" if candidate.floor == FLOOR_PASSED else reason
 

@@ -48,6 +48,7 @@ from lic.registry.promotion import (
     QualityFloor,
     champion_of,
     promote,
+    recheck_floor,
 )
 from lic.registry.pyfunc import log_codec_model
 from lic.registry.tracking import EXPERIMENT_KIND, client, is_not_found, registry_errors, tracking_uri
@@ -95,9 +96,11 @@ def register_checkpoint(
     with registry_errors(f"registering {name}"):
         existing = registry.search_model_versions(f"name = '{name}' and tag.checkpoint_sha256 = '{sha256}'")
         if existing:
-            version = str(existing[0].version)
+            version, decision = str(existing[0].version), None
+            if gate and quality_floor and existing[0].tags.get(FLOOR_TAG) != FLOOR_PASSED:
+                decision = recheck_floor(registry, name, version, quality_floor.check(images, metadata["metric"]))
             return Registration(
-                name, version, f"models:/{name}/{version}", False, None, _is_champion(registry, name, version)
+                name, version, f"models:/{name}/{version}", False, decision, _is_champion(registry, name, version)
             )
         floor = quality_floor.check(images, metadata["metric"]) if quality_floor else None
         tags = _tags(payload, results, sha256, floor)
