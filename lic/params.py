@@ -314,6 +314,9 @@ class Report(Section):
 class Registry(Section):
     experiment: str
     promotion_tolerance: Annotated[float, Field(ge=0)] = Field(description="champion moves if J <= J* (1 + tol)")
+    quality_floor: Literal["jpeg", "webp", "avif", "none"] = Field(
+        description="champion only if better than this anchor at the same bpp on the same images; none: no floor"
+    )
     record: str = Field(description="the register stage's outcome")
 
 

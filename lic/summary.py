@@ -1,12 +1,14 @@
 """What `make pipeline` prints at the end: the RD tables, where the plots are, and how to reach the models.
 
 It only reads what the report and register stages wrote, so it costs nothing when `dvc repro` had nothing to do.
+A model is advertised as `@champion` only if the register stage found it holding the alias, i.e. it passed the
+promotion gate (quality floor included); otherwise the summary says why and points to `@candidate`. The commands
+it prints name the store (`MLFLOW_TRACKING_URI=...`), so they work from any folder.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +25,45 @@ def summary(params: Params, root: Path = Path()) -> str:
     except FileNotFoundError as err:
         raise LicError(f"{err.filename} is missing: run `make pipeline` (or `dvc repro`) first") from None
     tables = [line for line in report.splitlines() if line.startswith(("|", "## ")) and line != "## Notes"]
-    # The store the register stage used (it records it), not a guess at MLflow's default.
-    store = next(iter(registered.values()), {}).get("store") or os.environ.get(
-        "MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"
-    )
     lines = ["Rate-distortion results (real bitstreams):", *tables, ""]
     lines.append(f"Plots: {report_dir / 'figures'}/  (full report: {report_dir / 'report.md'}; `dvc plots show`)")
-    lines.append("Registered models:")
+    if not registered:
+        return "\n".join(lines)
+    # The store the register stage used, as it recorded it (absolute: the project's SQLite file or a server).
+    store = next(iter(registered.values())).get("store")
+    lines.append(f"Registered models ({f'MLflow store {store}' if store else 'MLflow store of the register stage'}):")
     for key, entry in sorted(registered.items()):
-        lines.append(f"  {key}: {entry['uri']}  ({_status(entry['decision'])})")
-    if store.startswith("sqlite"):
+        lines.append(f"  {key}: {entry['uri']}  ({_status(entry)})")
+    if store and store.startswith("sqlite"):
         lines.append(
             f"MLflow UI: mlflow ui --backend-store-uri {store} --host 127.0.0.1, then open http://127.0.0.1:5000"
         )
-    else:
+    elif store:
         lines.append(f"MLflow UI: {store}")
-    first = registered[min(registered)] if registered else None
-    if first:
-        lines.append(f"Pull a model: lic pull models:/{first['name']}@champion -o models/{first['name']}")
-        lines.append(f"Use it:       lic compress photo.png --model models:/{first['name']}@champion")
+    champions = [entry for _, entry in sorted(registered.items()) if _is_champion(entry)]
+    env = f"MLFLOW_TRACKING_URI={store} " if store else ""
+    if champions:
+        name = champions[0]["name"]
+        lines.append(f"Pull a model: {env}lic pull models:/{name}@champion -o models/{name}")
+        lines.append(f"Use it:       {env}lic compress photo.png --model models:/{name}@champion")
+    else:
+        name = registered[min(registered)]["name"]
+        lines.append("No champion: no registered model passed the promotion gate (see the reasons above).")
+        lines.append(f"Try a candidate anyway: {env}lic compress photo.png --model models:/{name}@candidate")
     return "\n".join(lines)
 
 
-def _status(decision: dict[str, Any] | None) -> str:
-    """A version registered by an earlier run (the same checkpoint) has no promotion decision of this run."""
-    if decision is None:
-        return "registered by an earlier run"
-    return "champion" if decision["promoted"] else "candidate"
+def _is_champion(entry: dict[str, Any]) -> bool:
+    """The alias state the register stage recorded; records from before it did: the decision of that run."""
+    if "champion" in entry:
+        return bool(entry["champion"])
+    return bool(entry["decision"] and entry["decision"]["promoted"])
+
+
+def _status(entry: dict[str, Any]) -> str:
+    decision = entry["decision"]
+    if _is_champion(entry):
+        return "champion" if decision else "champion; registered by an earlier run"
+    if decision is None:  # an already registered checkpoint: this run did not gate it
+        return "registered by an earlier run; candidate, not champion"
+    return f"candidate, not promoted: {decision['reason']}"

@@ -19,11 +19,12 @@ from lic.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from lic.errors import LicError
 from lic.models import build
 from lic.params import parse_params
+from lic.registry.tracking import tracking_uri
 from lic.train.loop import Meter
 from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.train.resume import restore_checkpoint, write_checkpoint
 from lic.train.schedule import learning_rate
-from lic.train.settings import UNVERSIONED, Optimisation, resolve, tracking_uri
+from lic.train.settings import UNVERSIONED, Optimisation, resolve
 from lic.train.validation import validate
 
 TINY = {"N": [8, 8, 16], "M": 40, "slices": 2}

@@ -70,6 +70,10 @@ def dvc_lock(project: Path) -> dict:
     return yaml.safe_load((project / "dvc.lock").read_text())["stages"]
 
 
+def git_head(project: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+
+
 def shards_version(project: Path) -> str:
     return next(out["md5"] for out in dvc_lock(project)["shard"]["outs"] if out["path"] == "data/shards")
 
@@ -86,6 +90,8 @@ def mlflow_run(client: MlflowClient, run_id: str):
 
 def test_dvc_trains_every_lambda_on_two_nodes_and_retrains_only_a_changed_one(project, stack) -> None:
     _, client, env = stack
+    git = ["git", "-c", "user.email=test@example.com", "-c", "user.name=test"]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "code"], cwd=project, check=True)  # a commit to record
     first = subprocess.run(
         [sys.executable, "-m", "dvc", "repro", "train"], cwd=project, env=env, capture_output=True, text=True
     )
@@ -111,6 +117,14 @@ def test_dvc_trains_every_lambda_on_two_nodes_and_retrains_only_a_changed_one(pr
         assert "samples_per_s" in runs[key].data.metrics and "aux_loss" in runs[key].data.metrics
         artifacts = [a.path for a in client.list_artifacts(runs[key].info.run_id, "checkpoint")]
         assert artifacts == ["checkpoint/model.pt"]
+        # Lineage (issue 18.3): the shard set as a dataset whose digest is its DVC hash, the git commit, the source.
+        (dataset,) = runs[key].inputs.dataset_inputs
+        assert (dataset.dataset.name, dataset.dataset.digest) == ("shards", shards_version(project))
+        assert runs[key].data.tags["lic.data_version"] == shards_version(project)
+        assert runs[key].data.tags["mlflow.source.git.commit"] == git_head(project)
+        assert runs[key].data.tags["mlflow.source.name"] == "pipelines/train.py"
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     before = dvc_lock(project)["train@l0130"]
 
     params = yaml.safe_load((project / "params.yaml").read_text())

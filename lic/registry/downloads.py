@@ -31,15 +31,15 @@ def cache_root() -> Path:
 
 def resolve(uri: str) -> tuple[str, str]:
     """(a URI pinned to one version, a folder name that identifies it across stores)."""
+    if not uri.startswith(("models:/", "runs:/")):
+        raise LicError(f"{uri}: expected models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>")
+    registry = client()  # fails clearly, without creating anything, when there is no store to read
     store = hashlib.sha256(tracking_uri().encode()).hexdigest()[:10]
     if uri.startswith("runs:/"):
         run_id, _, path = uri.removeprefix("runs:/").partition("/")
         if not run_id:
             raise LicError(f"{uri}: expected runs:/<run_id>/<path>")
         return uri, f"runs-{run_id}-{path.replace('/', '_') or 'root'}-{store}"
-    if not uri.startswith("models:/"):
-        raise LicError(f"{uri}: expected models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>")
-    registry = client()
     with registry_errors(uri):
         resolved = get_model_name_and_version(registry, uri)
         if len(resolved) != 2:

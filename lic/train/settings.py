@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 
 from lic.errors import LicError
 from lic.params import METRICS, Loader, Params, RayCluster, Shards
+from lic.registry.tracking import tracking_uri
 
 UNVERSIONED = "unversioned"
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -169,16 +169,6 @@ def data_version(shards: str, root: Path) -> str:
 def storage_path(value: str, root: Path) -> str:
     """A URI (s3://...) as it is; a local folder made absolute, since Ray resolves it on other processes."""
     return value if "://" in value else str((root / value).resolve())
-
-
-def tracking_uri(root: Path) -> str:
-    """MLFLOW_TRACKING_URI, else MLflow's own default store, a SQLite file at the project root (absolute, since
-    workers run elsewhere). Several machines need a tracking server: docs/training.md."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(root / uri[len(prefix) :])
-    return uri
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
