@@ -187,6 +187,7 @@ def test_forged_checkpoint_configs_are_clear_errors_before_any_model_is_built(tm
     """A checkpoint that loads with weights_only=True can still carry a config of the wrong type or an absurd
     size; each is refused with a LicError that names the checkpoint and the bad field, before building."""
     payload = read_checkpoint(save_checkpoint(tmp_path / "good.pt", build("loclic", N=[8, 8, 16], M=40, slices=2)))
+    payload["state_dict"] = {}  # never reached: the config is refused first
     for case, (name, config) in FORGED_CONFIGS.items():
         path = tmp_path / f"{case.replace(' ', '-')}.pt"
         torch.save({**payload, "model": name, "config": config}, path)
@@ -207,6 +208,4 @@ def _message(path: Path) -> str:
 def test_every_registered_model_declares_its_configuration() -> None:
     from lic.models.zoo import CONFIGS, list_models
 
-    assert sorted(CONFIGS) == list_models()
-    for name in list_models():
-        assert build(name).spec.config == {}  # the defaults come from the declared configuration
+    assert sorted(CONFIGS) == list_models()  # a new architecture needs its pydantic configuration too

@@ -20,7 +20,7 @@ Anything the model still trips over on garbage (huge values, NaNs) is reported a
 
 What a file may cost is bounded before the model runs: the declared size against a pixel budget (the decode
 time and memory follow the size, not the file), the stream count against what the model codes, and every
-stream's length against what its symbols can take in rANS (`stream_length_bounds`, docs/bitstream.md).
+stream's length against what its symbols can take in rANS (`CodedStream.length_bounds`, docs/bitstream.md).
 """
 
 from __future__ import annotations

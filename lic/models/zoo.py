@@ -77,7 +77,7 @@ def build(name: str, **config: Any) -> CompressionModel:
     """Build a model by registry name from a validated config; the result carries `spec` (the config as given,
     defaults left out) so checkpoints can record it."""
     if not isinstance(name, str) or name not in _BUILDERS:
-        raise LicError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        raise LicError(f"unknown model {name!r:.80}; known models: {', '.join(list_models())}")
     try:
         settings = CONFIGS[name].model_validate(config)
     except ValidationError as err:
