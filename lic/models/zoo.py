@@ -44,13 +44,14 @@ def _zoo_model(architecture: str, quality: int, metric: str) -> CompressionModel
     return zoo.image_models[architecture](quality=quality, metric=metric, pretrained=False)
 
 
-def mlicpp(M: int = 320, slices: int = 10) -> LoCLIC:  # noqa: N803
+class MLICppConfig(LoCLICConfig):
     """MLIC++ (Jiang and Wang, 2024 code): LoC-LIC's network with 192 channels at every transform level.
 
     LoC-LIC kept MLIC++'s entropy model and slimmed its transforms, so one class builds both; with N = 192 it is
     the official MLIC++ module for module (83.50 M parameters), and official MLIC++ weights import into it.
     """
-    return LoCLIC(N=(192, 192, 192), M=M, slices=slices)
+
+    N: Annotated[list[Annotated[StrictInt, Field(ge=1, le=512)]], Field(min_length=3, max_length=3)] = [192, 192, 192]
 
 
 BASELINES = (
@@ -63,10 +64,14 @@ BASELINES = (
 )
 _BUILDERS: dict[str, Callable[..., CompressionModel]] = {
     "loclic": LoCLIC,
-    "mlicpp": mlicpp,
+    "mlicpp": LoCLIC,
     **{name: partial(_zoo_model, name) for name in BASELINES},
 }
-CONFIGS: dict[str, type[BaseModel]] = {"loclic": LoCLICConfig, **dict.fromkeys(BASELINES, BaselineConfig)}
+CONFIGS: dict[str, type[BaseModel]] = {
+    "loclic": LoCLICConfig,
+    "mlicpp": MLICppConfig,
+    **dict.fromkeys(BASELINES, BaselineConfig),
+}
 
 
 def list_models() -> list[str]:
