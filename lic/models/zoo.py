@@ -51,7 +51,9 @@ class MLICppConfig(LoCLICConfig):
     the official MLIC++ module for module (83.50 M parameters), and official MLIC++ weights import into it.
     """
 
-    N: Annotated[list[Annotated[StrictInt, Field(ge=1, le=512)]], Field(min_length=3, max_length=3)] = [192, 192, 192]
+    N: Annotated[list[Annotated[StrictInt, Field(ge=1, le=512)]], Field(min_length=3, max_length=3)] = Field(
+        default_factory=lambda: [192, 192, 192]
+    )
 
 
 BASELINES = (
