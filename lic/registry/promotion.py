@@ -216,8 +216,10 @@ def _against_curve(
     unit = "dB PSNR" if quality == "psnr" else "dB MS-SSIM"
     mine = f"{dataset}: {level:.2f} {unit} at {bpp:.4f} bpp"
     if np.log10(bpp) > rates[-1]:
-        lowest, highest = curve["bpp"].iloc[0], curve["bpp"].iloc[-1]
-        return f"{mine}, beyond {codec}'s measured rates ({lowest:.4f}-{highest:.4f} bpp)", False
+        highest = f"{levels[-1]:.2f} dB at {curve['bpp'].iloc[-1]:.4f} bpp"
+        if level <= levels[-1]:
+            return f"{mine}, more bits than {codec}'s highest rate, whose {highest} it does not reach", False
+        return f"{mine}, beyond {codec}'s measured rates (highest: {highest}): not shown better", False
     if np.log10(bpp) < rates[0]:
         passed = level >= levels[0]
         outcome = "matches or beats" if passed else "does not reach"

@@ -105,13 +105,13 @@ def register_checkpoint(
             )
         floor = quality_floor.check(images, metadata["metric"]) if quality_floor else None
         tags = _tags(payload, results, sha256, floor)
+        card = model_card(name, payload, results, tags)
         version = _log_version(
-            registry, name, checkpoint, eval_dir, payload, results, tags, experiment, extra_artifacts
+            registry, name, checkpoint, eval_dir, payload, results, card, experiment, extra_artifacts
         )
         for key, value in tags.items():
             registry.set_model_version_tag(name, version, key, value)
         registry.set_registered_model_alias(name, CANDIDATE, version)
-        card = model_card(name, payload, results, tags)
         decision = promote(registry, name, version, tolerance, card) if gate else None
         _describe(registry, name, payload, quality_floor)
     return Registration(
@@ -151,7 +151,7 @@ def _log_version(
     eval_dir: Path,
     payload: dict[str, Any],
     results: dict[str, Any],
-    tags: dict[str, str],
+    card: str,
     experiment: str,
     extra_artifacts: Sequence[Path],
 ) -> str:
@@ -168,8 +168,8 @@ def _log_version(
             metadata = payload["metadata"]
             mlflow.log_params({"model": payload["model"], "lmbda": metadata["lmbda"], "metric": metadata["metric"]})
             mlflow.log_params({f"config.{key}": value for key, value in payload["config"].items()})
-        card = Path(scratch) / MODEL_CARD
-        card.write_text(model_card(name, payload, results, tags))  # also the version's description
+        card_file = Path(scratch) / MODEL_CARD
+        card_file.write_text(card)
         info = log_codec_model(
             MODEL_NAME,
             checkpoint,
@@ -177,12 +177,12 @@ def _log_version(
                 "evaluation": eval_dir / RESULTS,
                 "images": eval_dir / IMAGES,
                 "rd_plot": eval_dir / FIGURE,
-                "model_card": card,
+                "model_card": card_file,
             },
             registered_model_name=name,
         )
         mlflow.log_metrics(_numbers(results), model_id=info.model_id)
-        mlflow.log_artifact(str(card))
+        mlflow.log_artifact(str(card_file))
         for path in extra_artifacts:
             mlflow.log_artifact(str(path), "report")
     return str(info.registered_model_version)
