@@ -404,6 +404,8 @@ def describe(err: ValidationError) -> str:
         where = re.sub(r"\.(sample|local|http|vimeo|imagenet)(\.|$)", r"\2", where)  # the union tag is not a key
         if isinstance(cause, RuleError):
             lines.append(f"{where + '.' if where else ''}{cause.key} = {cause.value!r}: {cause.allowed}")
+        elif error["type"] == "missing":
+            lines.append(f"{where}: missing (every key of params.yaml is required; the project's file has them all)")
         elif error["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key (a typo? the keys of each section are in params.yaml)")
         else:

@@ -7,7 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-PARAMS = "report: {out_dir: out/report}\nregistry: {record: out/registered.json}\n"
+import yaml
+
+from tests.data_support import project_params
+
+
+def _params() -> str:
+    """The project's params with the report and the registry record under out/."""
+    params = project_params()
+    params["report"]["out_dir"] = "out/report"
+    params["registry"]["record"] = "out/registered.json"
+    return yaml.safe_dump(params, sort_keys=False)
 
 
 def _summary(cwd: Path) -> subprocess.CompletedProcess:
@@ -15,7 +25,7 @@ def _summary(cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_summary_names_tables_plots_models_and_how_to_pull(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text(PARAMS)
+    (tmp_path / "params.yaml").write_text(_params())
     (tmp_path / "out/report").mkdir(parents=True)
     (tmp_path / "out/report/report.md").write_text(
         "# RD\n\nprose\n\n## sample (3 images)\n\n| codec | bpp |\n|---|---|\n"
@@ -34,7 +44,7 @@ def test_summary_names_tables_plots_models_and_how_to_pull(tmp_path: Path) -> No
 def test_summary_after_a_rerun_of_register_names_the_versions_it_found(tmp_path: Path) -> None:
     """Registering an already registered checkpoint records no decision, but whether it is champion; the record
     names the store it used, which the commands carry (adapted: the record now says whether it is champion)."""
-    (tmp_path / "params.yaml").write_text(PARAMS)
+    (tmp_path / "params.yaml").write_text(_params())
     (tmp_path / "out/report").mkdir(parents=True)
     (tmp_path / "out/report/report.md").write_text("## sample (3 images)\n\n| codec | bpp |\n")
     uri, store = "models:/loclic-mse-0.013/1", "http://127.0.0.1:5123"
@@ -51,7 +61,7 @@ def test_summary_after_a_rerun_of_register_names_the_versions_it_found(tmp_path:
 
 
 def test_summary_never_advertises_a_model_that_failed_the_gate_as_champion(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text(PARAMS)
+    (tmp_path / "params.yaml").write_text(_params())
     (tmp_path / "out/report").mkdir(parents=True)
     (tmp_path / "out/report/report.md").write_text("## sample (3 images)\n\n| codec | bpp |\n")
     reason = "not better than jpeg on sample: sample: 9.91 dB PSNR at 0.1200 bpp vs jpeg 24.30 dB at that rate"
@@ -77,7 +87,7 @@ def test_summary_never_advertises_a_model_that_failed_the_gate_as_champion(tmp_p
 
 
 def test_summary_before_the_pipeline_ran_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text(PARAMS)
+    (tmp_path / "params.yaml").write_text(_params())
     out = _summary(tmp_path)
     assert out.returncode == 1
     assert "run `make pipeline`" in out.stderr and "Traceback" not in out.stderr
