@@ -59,9 +59,9 @@ def stored_images(beton: Path) -> list[np.ndarray]:
     return images
 
 
-def source_pixels(row: dict, max_side: int) -> np.ndarray:
-    """The pixels the shard stage stores for an index (or manifest) row, decoded from its file or tar member."""
-    return stored_pixels(open_bytes(row["path"], row["member"]), max_side)
+def source_pixels(project: Path, row: dict, max_side: int) -> np.ndarray:
+    """The pixels the shard stage stores for an index row, decoded from its file or tar member."""
+    return stored_pixels(open_bytes(project / row["path"], row["member"]), max_side)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -103,7 +103,7 @@ def test_sample_profile_shards_hold_every_training_image_raw_or_as_its_own_forma
             assert pixels.shape == (row["height"], row["width"], 3)
             assert row["bytes"] <= pixels.nbytes and (row["bytes"] == pixels.nbytes) == (row["storage"] == "raw")
             assert row["crop_256"] and row["crop_512"] == (min(pixels.shape[:2]) >= 512)
-            source = source_pixels(row, 2048)
+            source = source_pixels(project, row, 2048)
             name = row["member"] or row["path"]
             if row["storage"] == "raw":
                 assert name.endswith(".png")
