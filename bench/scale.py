@@ -7,9 +7,10 @@ The corpus has the real training sources' shares, sizes and formats (ImageNet ~8
 (Kodak: 24 PNG 768x512; CLIC: 41 PNG 2048x1365), packed as fetch packs them (tar shards of training images,
 loose evaluation files). Images are smooth random colour fields with photographic noise, so each has its own
 perceptual hash and files of photographic size. Planted: 1 % exact copies (the same bytes in another shard or
-source), 1 % near copies (resized to 80 %, re-encoded as JPEG 70, or cropped by 3 % a side) and 0.2 % leaked
+source), 1 % near copies (resized to 90 %, re-encoded as JPEG 70, or cropped by 3 % a side) and 0.2 % leaked
 evaluation images (resized or re-encoded). Recall is the share of planted near copies and leaks that dedupe
-removes; precision the share of images removed as near duplicates or leakage that were planted.
+removes (a copy the manifest skips, below data.min_side, never reaches dedupe and is not counted); precision the
+share of images removed as near duplicates or leakage that were planted.
 """
 
 from __future__ import annotations
@@ -66,12 +67,12 @@ def encode(pixels: np.ndarray, fmt: str, quality: int = 90) -> bytes:
 
 
 def near_copy(data: bytes, kind: int) -> bytes:
-    """A near duplicate of an encoded image: resized to 80 %, re-encoded as JPEG 70, or cropped by 3 % a side."""
+    """A near duplicate of an encoded image: resized to 90 %, re-encoded as JPEG 70, or cropped by 3 % a side."""
     with Image.open(io.BytesIO(data)) as opened:
         image = opened.convert("RGB")
     width, height = image.size
     if kind == 0:
-        image = image.resize((int(width * 0.8), int(height * 0.8)), Image.BILINEAR)
+        image = image.resize((int(width * 0.9), int(height * 0.9)), Image.BILINEAR)
     elif kind == 2:
         dx, dy = round(width * 0.03), round(height * 0.03)
         image = image.crop((dx, dy, width - dx, height - dy))
@@ -135,7 +136,7 @@ def _plant(raw: Path, distinct: dict[str, int], planted: tuple[int, int, int]) -
     originals = originals[:exact]
     chosen = rng.choice(distinct["imagenet"], size=exact + near - len(originals), replace=False)
     originals += [("imagenet", int(i)) for i in chosen]
-    kinds: dict[str, set[str]] = {"exact": set(), "near": set(), "leak": set()}
+    kinds: dict[str, set] = {"exact": set(), "near": set(), "leak": set(), "pairs": set()}
     copies_path = raw / "imagenet" / f"train-{len(shards['imagenet']):05d}.tar"
     with tarfile.open(copies_path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for k, (name, number) in enumerate(originals):
@@ -148,6 +149,7 @@ def _plant(raw: Path, distinct: dict[str, int], planted: tuple[int, int, int]) -
             copy_member = f"copies/{kind}{k:06d}.{'jpeg' if kind == 'near' else member.rsplit('.', 1)[1]}"
             _add(tar, copy_member, copy)
             kinds[kind].add(f"{copies_path.as_posix()}/{copy_member}")
+            kinds["pairs"].add((f"{copies_path.as_posix()}/{copy_member}", f"{shard.as_posix()}/{member}"))
         evaluation = sorted((raw / "kodak" / "eval").glob("*.png")) + sorted((raw / "clic" / "eval").glob("*.png"))
         for k in range(leak):
             copy_member = f"copies/leak{k:06d}.jpeg"
@@ -239,7 +241,7 @@ def _quality(params: dict[str, Any], planted: dict[str, set[str]]) -> dict[str, 
     """Recall and precision of the planted near copies and leaks; the exact copies found."""
     rows = pq.read_table(params["data"]["paths"]["merged"], columns=["path", "member", "dedup"]).to_pylist()
     verdict = {f"{row['path']}/{row['member']}" if row["member"] else row["path"]: row["dedup"] for row in rows}
-    perceptual = planted["near"] | planted["leak"]
+    perceptual = {where for where in planted["near"] | planted["leak"] if verdict.get(where) is not None}
     flagged = {where for where, kind in verdict.items() if kind in ("near duplicate", "leakage")}
     found = perceptual & {where for where, kind in verdict.items() if kind not in (None, "kept")}
     return {
@@ -247,14 +249,18 @@ def _quality(params: dict[str, Any], planted: dict[str, set[str]]) -> dict[str, 
             "recall": round(len(found) / len(perceptual), 4),
             "precision": round(len(flagged & perceptual) / len(flagged), 4) if flagged else 1.0,
         },
-        "exact_duplicates_found": sum(verdict.get(where) == "exact duplicate" for where in planted["exact"]),
+        "exact_duplicates_found": sum(  # the copy or its original, whichever the keep preference drops
+            "exact duplicate" in (verdict.get(copy), verdict.get(original))
+            for copy, original in planted["pairs"]
+            if copy in planted["exact"]
+        ),
         "exact_duplicates_planted": len(planted["exact"]),
     }
 
 
-def run_search(hashes: int) -> dict[str, Any]:
+def run_search(hashes: int, nprobe: int | None = None) -> dict[str, Any]:
     """The dedupe stage's near-duplicate search alone: `hashes` random 64-bit hashes with two zooms each, 1 %
-    planted copies 0-8 bits off, at data.dedupe.search's settings (IVF beyond exact_max)."""
+    planted copies 0-8 bits off, at data.dedupe.search's settings (IVF beyond exact_max; `nprobe` overrides)."""
     from lic.data.neighbours import Hashes, SearchPlan, near_pairs
 
     params = load_params(ROOT / "params.yaml")
@@ -267,7 +273,7 @@ def run_search(hashes: int) -> dict[str, Any]:
         bits[row, rng.choice(64, size=int(rng.integers(0, 9)), replace=False)] ^= 1
     full[hashes - copies :] = np.packbits(bits, axis=1)
     zooms = tuple(full ^ rng.integers(0, 256, size=(hashes, 8), dtype=np.uint8) for _ in range(2))  # unrelated
-    plan = SearchPlan.of(params["data"]["dedupe"]["search"])
+    plan = SearchPlan.of({**params["data"]["dedupe"]["search"], **({"nprobe": nprobe} if nprobe else {})})
     with PeakMemory() as memory:
         started = time.perf_counter()
         i, j, _ = near_pairs(Hashes(full, zooms), None, int(params["data"]["dedupe"]["near_threshold"]), plan)
@@ -280,6 +286,7 @@ def run_search(hashes: int) -> dict[str, Any]:
         "planted_recall": round(len(wanted & found) / len(wanted), 4),
         "pairs": len(found),
         "exact": plan.is_exact(hashes),
+        "nprobe": plan.nprobe,
         "peak_rss_mib": round(memory.driver_mib, 1),
     }
 
@@ -288,11 +295,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, help="corpus size for manifest -> dedupe -> shard")
     parser.add_argument("--search", type=int, help="time only the near-duplicate search on this many hashes")
+    parser.add_argument("--nprobe", type=int, help="with --search: IVF cells visited per query (default: params)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--keep", type=Path, help="build the corpus here and keep it (default: a temporary folder)")
     args = parser.parse_args()
     if args.search:
-        result = run_search(args.search)
+        result = run_search(args.search, args.nprobe)
         print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
         return
     if not args.images or args.images < 100:

@@ -148,7 +148,7 @@ def test_an_image_bigger_than_ffcv_default_page_is_stored_whole(tmp_path: Path) 
     small = tmp_path / "small.jpg"
     Image.fromarray(coded_image(2, 300, 260)).save(small, quality=80)
     write_training_manifest(tmp_path / "train.parquet", [big, small])
-    params = shard_params(tmp_path, validation_images=0, max_resolution=4096, jpeg_quality=None)
+    params = shard_params(tmp_path, validation_images=0, max_resolution=4096, jpeg_quality=None, shard_size_mb=100)
     metrics = build_shards(params)
     assert metrics["page_size"] == 16 * 2**20
     assert metrics["total"]["raw"] == 2  # jpeg_quality null: JPEG files are stored raw too

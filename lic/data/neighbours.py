@@ -66,7 +66,7 @@ class SearchPlan:
 
     exact_max: int = 100_000
     nlist: int = 0
-    nprobe: int = 16
+    nprobe: int = 64
 
     @classmethod
     def of(cls, config: dict) -> SearchPlan:
