@@ -166,8 +166,8 @@ def test_a_broken_file_stops_the_writer_at_once_with_its_path(tmp_path: Path) ->
     paths[3].write_bytes(paths[3].read_bytes()[:-200])  # truncated after the manifest described it
     started = time.monotonic()
     with pytest.raises(LicError, match=r"image3\.png: truncated or corrupt"):
-        build_shards(shard_params(tmp_path, validation_images=0, stall_timeout_s=60, shard_size_mb=0.5))
-    assert time.monotonic() - started < 60  # the failure is reported, not waited out (Ray's start included)
+        build_shards(shard_params(tmp_path, validation_images=0, stall_timeout_s=800, shard_size_mb=0.5))
+    assert time.monotonic() - started < 400  # reported at once, not waited out (Ray's start included: slow if busy)
     assert sorted(p.name for p in tmp_path.iterdir() if "shards" in p.name) == []  # no half shard, no staging
     assert not _writers(after=started)  # the writer tasks, their FFCV writers and workers are gone
 
