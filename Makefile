@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: help setup test test-all test-fast pipeline lint format lock bench clean stack-up stack-down
+.PHONY: help setup test test-all test-fast pipeline lint format lock bench bench-scale clean stack-up stack-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,12 @@ lock: setup ## Re-resolve requirements.lock from pyproject.toml and constraints.
 
 bench: setup ## Run the benchmarks and write docs/benchmarks.md
 	$(PY) -m bench
+
+SCALE_IMAGES ?= 10000
+
+bench-scale: setup ## The data stages on a synthetic corpus of SCALE_IMAGES images (docs/benchmarks.md, "Data stages at scale")
+	$(PY) -m bench.scale --images $(SCALE_IMAGES)
+	$(PY) -m bench.scale --search 1000000
 
 # Where the local stack keeps env.sh and run/, and more `lic stack up` options (e.g. --s3-port 9100).
 STACK_DIR ?= infra/local

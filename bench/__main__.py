@@ -24,6 +24,15 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+SCALE_HEADING = "\n## Data stages at scale"  # recorded from `make bench-scale` runs (hours), not rerun by `make bench`
+
+
+def _kept_scale_section(path: Path) -> str:
+    """The data-stages-at-scale section of the current file, carried over unchanged."""
+    text = path.read_text() if path.exists() else ""
+    return text[text.index(SCALE_HEADING) :] if SCALE_HEADING in text else ""
+
+
 def main() -> None:
     host = machine()
     started = time.perf_counter()
@@ -40,7 +49,7 @@ def main() -> None:
     where = f"*{host['cpu']}, {host['cores']} cores, {host['torch_threads']} torch threads, {host['date']}.*"
     body = "\n".join(f"\n## {s.title}\n\n{where}\n\n{s.markdown}\n" for s in sections)
     DOCS.mkdir(exist_ok=True)
-    _write(DOCS / "benchmarks.md", header + body)
+    _write(DOCS / "benchmarks.md", header + body + _kept_scale_section(DOCS / "benchmarks.md"))
     _write(DOCS / "benchmarks.json", json.dumps({"machine": host, **{s.title: s.data for s in sections}}, indent=2))
     print(f"wrote {DOCS / 'benchmarks.md'}")
 

@@ -59,6 +59,7 @@ class DataPaths(Section):
     raw: str = Field(description="fetch@<source> output: data/raw/<source>/")
     downloads: str = Field(description="partial downloads and archives, outside DVC so a failed fetch resumes")
     pins: str = Field(description="SHA-256 and size of downloads without a published checksum (commit it)")
+    partitions: str = Field(description="manifest@<source>'s finished partitions, outside DVC: a rerun skips them")
     source_manifests: str = Field(description="manifest@<source> output folder: <source>.parquet")
     merged: str = Field(description="dedupe: every file of the active sources with its dedup decision")
     train: str = Field(description="dedupe: the deduplicated training images, what the shard stage reads")
@@ -97,9 +98,18 @@ class Hashing(Section):
     zooms: list[Annotated[float, Field(gt=0, lt=0.5)]] = Field(description="central crops hashed besides the image")
 
 
+class NeighbourSearch(Section):
+    """faiss binary range search: exact up to exact_max images, an IVF index beyond."""
+
+    exact_max: PositiveInt = Field(description="IndexBinaryFlat compares all pairs up to this many images")
+    nlist: Count = Field(description="IVF cells; 0 = 4 sqrt(n)")
+    nprobe: PositiveInt = Field(description="cells visited per query: recall against speed")
+
+
 class Dedupe(Section):
     near_threshold: Annotated[int, Field(ge=0, le=64)] = Field(description="Hamming distance of duplicates")
     leakage_threshold: Annotated[int, Field(ge=0, le=64)] = Field(description="the same, training vs evaluation")
+    search: NeighbourSearch
 
 
 class RemoteFile(Section):
@@ -180,7 +190,7 @@ class Data(Section):
     download: Download
     archive_shard_mb: Annotated[float, Field(gt=0)] = Field(description="training images packed in tar shards this big")
     archive_limits: ArchiveLimits
-    workers: Count = Field(description="processes decoding and hashing images; 0 = every CPU available")
+    workers: Count = Field(description="manifest partitions described at once (Ray tasks); 0 = the cluster's CPUs")
     min_side: MinSide
     hash: Hashing
     dedupe: Dedupe
@@ -201,11 +211,14 @@ class Data(Section):
 class Shards(Section):
     dir: str = Field(description="the shard set the training loader reads")
     metrics: str
+    shard_size_mb: Annotated[float, Field(gt=0)] | dict[Key, Annotated[float, Field(gt=0)]] = Field(
+        description="stored MB per .beton: one size, or one per profile"
+    )
     max_resolution: PositiveInt = Field(description="longest side cap (INTER_AREA downscale)")
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] | None = Field(description="JPEG files stored as JPEG; null: raw")
     validation_images: Count = Field(description="training images held out for validation")
     crop_sizes: list[PositiveInt] = Field(description="crop sides the metrics count eligible images for")
-    workers: Count = Field(description="writer processes; 0 = every CPU available")
+    workers: PositiveInt = Field(description="FFCV writer processes per shard; Ray writes shards at once")
     stall_timeout_s: Annotated[float, Field(gt=0)] = Field(description="stop a writer that stores nothing this long")
 
 
@@ -337,6 +350,8 @@ class Params(Section):
     def _sections_agree(self) -> Params:
         if self.profile not in self.data.profiles:
             raise RuleError("profile", self.profile, f"one of data.profiles ({', '.join(self.data.profiles)})")
+        if isinstance(self.shards.shard_size_mb, dict) and self.profile not in self.shards.shard_size_mb:
+            raise RuleError("shards.shard_size_mb", self.shards.shard_size_mb, f"an entry for profile {self.profile!r}")
         unshardable = sorted(set(self.loader.crops) - set(self.shards.crop_sizes))
         if unshardable:
             raise RuleError(

@@ -9,8 +9,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from lic.data.dedupe import MERGED_SCHEMA
-from lic.data.manifest import write_table
+from lic.data.schemas import MERGED_SCHEMA, write_table
 from tests.data_support import project_params
 
 

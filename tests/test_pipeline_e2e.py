@@ -90,7 +90,7 @@ def check_outputs(clone: Path) -> dict[str, dict]:
     """Shards, each lambda's checkpoint and evaluation, the report's figures; returns each lambda's checkpoint
     metadata."""
     params = yaml.safe_load((clone / "params.yaml").read_text())
-    for name in ("train.beton", "train.parquet", "validation.parquet"):
+    for name in ("train-00000.beton", "train-00001.beton", "validation-00000.beton", "index.parquet", "checksums.json"):
         assert (clone / params["shards"]["dir"] / name).stat().st_size > 0, name
     trained = {}
     for key, entry in params["lambdas"].items():
