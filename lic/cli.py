@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -101,6 +102,18 @@ def complexity(
             f"cheng2020-anchor quality 6, same counter: {reference.kmac_per_pixel:.1f} kMAC/pixel "
             f"({ratio:.2f}x {result.model}), {reference.parameters:,} parameters"
         )
+
+
+@app.command()
+def profile(
+    name: Annotated[str, typer.Argument(help="sample (the embedded photographs) or full (the paper-scale recipe).")],
+    params: Annotated[str, typer.Option("--params", help="The params file to change.")] = "params.yaml",
+) -> None:
+    """Switch params.yaml to a profile: its name and its rate points (`lambdas`, one train@<key> stage each)."""
+    from lic.profiles import apply_profile
+
+    values = apply_profile(name, Path(params))
+    typer.echo(f"{params}: profile {name}, {len(values['lambdas'])} rate points: {', '.join(values['lambdas'])}")
 
 
 @app.command()

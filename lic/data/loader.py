@@ -2,9 +2,10 @@
 
 Every batch has one crop size (a batch is one tensor). Which size a step uses is drawn from `loader.crop_mix` by a
 generator seeded with (seed, epoch) only, so every rank uses the same size at the same step and DDP's collectives
-line up. The images are split between ranks: each crop size has its own pass over the images big enough for it,
-divided by a DistributedSampler, and starts another pass when one ends. An epoch has as many steps as it takes to
-show about one crop per training image on each rank.
+line up; before `loader.crop_mix_from` of the run every step uses the smallest (lic.train.schedule). The images
+are split between ranks: each crop size has its own pass over the images big enough for it, divided by a
+DistributedSampler, and starts another pass when one ends. An epoch has as many steps as it takes to show about one
+crop per training image on each rank.
 
 Two backends yield the same batches: `ffcv` (the .beton, decoded by numba threads) and `pytorch` (a DataLoader
 whose worker processes decode the same source images with Pillow; for comparison, and where FFCV cannot be
@@ -29,6 +30,7 @@ from lic.data.dedupe import MERGED_SCHEMA
 from lic.data.manifest import read_manifest
 from lic.data.shards import METADATA_SCHEMA, ShardFiles, read_pixels
 from lic.errors import LicError
+from lic.train.schedule import crop_sizes, mix_start_step
 
 BACKENDS = ("ffcv", "pytorch")
 MODEL_STRIDE = 64  # the model's total downsampling: validation images are cropped to multiples of it
@@ -51,6 +53,7 @@ class TrainLoader:
         mix: dict[int, float],
         steps: int,
         *,
+        mix_from_step: int,
         device: torch.device,
         seed: int,
         rank: int,
@@ -58,7 +61,7 @@ class TrainLoader:
         augment: Callable[..., dict[str, Any]] | None,
     ) -> None:
         self.crop_sizes: tuple[int, ...] = tuple(sorted(sources))
-        self.sources, self.mix, self.steps = sources, mix, steps
+        self.sources, self.mix, self.steps, self.mix_from_step = sources, mix, steps, mix_from_step
         self.device, self.seed, self.rank = device, seed, rank
         self.flip, self.augment = flip, augment
 
@@ -68,7 +71,7 @@ class TrainLoader:
 
     def schedule(self, epoch: int) -> list[int]:
         """The crop size of each step of `epoch`."""
-        return crop_schedule(self.mix, self.steps, self.seed, epoch)
+        return crop_sizes(self.mix, self.steps, self.seed, epoch, self.mix_from_step)
 
     def epoch(self, epoch: int) -> Iterator[torch.Tensor]:
         """float32 B x 3 x S x S in [0, 1] on `device`; one crop size per batch; the size sequence is deterministic
@@ -102,14 +105,6 @@ class TrainLoader:
             mirrored = torch.from_numpy(flips.random(len(batch)) < 0.5).to(self.device)
             batch = torch.where(mirrored[:, None, None, None], batch.flip(-1), batch)
         return batch
-
-
-def crop_schedule(mix: dict[int, float], steps: int, seed: int, epoch: int) -> list[int]:
-    """The crop size of every step of an epoch: independent draws from `mix`, seeded by (seed, epoch) alone, so
-    every rank computes the same sequence and a resumed run repeats it."""
-    sides = sorted(mix)
-    draws = np.random.default_rng([seed, epoch]).choice(sides, size=steps, p=[mix[side] for side in sides])
-    return [int(side) for side in draws]
 
 
 def build_train_loader(
@@ -162,7 +157,15 @@ def build_train_loader(
     steps = max(1, round(images_per_rank / sum(mix[side] * batch_sizes[side] for side in mix)))
     augment = build_augment(config.get("augment") or [], seed=seed, rank=rank)
     return TrainLoader(
-        sources, mix, steps, device=device, seed=seed, rank=rank, flip=bool(config["flip"]), augment=augment
+        sources,
+        mix,
+        steps,
+        mix_from_step=mix_start_step(params),
+        device=device,
+        seed=seed,
+        rank=rank,
+        flip=bool(config["flip"]),
+        augment=augment,
     )
 
 

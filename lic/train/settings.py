@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from lic.errors import LicError
+from lic.train.schedule import scaled_lr, warmup_steps
 
 METRICS = ("mse", "ms-ssim")
 FAIL_AT_STEP_ENV = "LIC_TRAIN_FAIL_AT_STEP"  # fault-injection hook of the tests: docs/training.md
@@ -122,20 +123,24 @@ def resolve(
     steps = _section(train, "steps").get(profile)
     if steps is None:
         raise LicError(f"train.steps has no entry for profile {profile!r}")
+    steps = _positive(steps, "train.steps")
+    ray = _section(train, "ray")
+    num_workers = _positive(ray["num_workers"], "train.ray.num_workers")
     optimisation = Optimisation(
-        steps=_positive(steps, "train.steps"),
-        lr=float(train["lr"]),
+        steps=steps,
+        lr=scaled_lr(
+            float(train["lr"]), global_batch(params, num_workers), _positive(train["lr_batch"], "train.lr_batch")
+        ),
         aux_lr=float(train["aux_lr"]),
-        warmup_steps=int(train["warmup_steps"]),
+        warmup_steps=warmup_steps(float(train["warmup"]), steps),
         min_lr=float(train["min_lr"]),
         clip_norm=float(train["clip_norm"]),
         amp=bool(train["amp"]),
     )
-    ray = _section(train, "ray")
     use_gpu = ray["use_gpu"]
     cluster = Cluster(
         address=ray.get("address"),
-        num_workers=_positive(ray["num_workers"], "train.ray.num_workers"),
+        num_workers=num_workers,
         cpus_per_worker=_positive(ray["cpus_per_worker"], "train.ray.cpus_per_worker"),
         use_gpu=None if use_gpu == "auto" else bool(use_gpu),
         max_failures=int(ray["max_failures"]),
@@ -147,7 +152,9 @@ def resolve(
         "model": model,
         "lmbda": lmbda,
         "metric": metric,
-        "optimisation": {k: v for k, v in asdict(optimisation).items() if k != "steps"},
+        # the budget and what scales with it (warm-up) stay out, so raising train.steps continues the run
+        "optimisation": {k: v for k, v in asdict(optimisation).items() if k not in ("steps", "warmup_steps")},
+        "warmup": train["warmup"],
         "seed": train["seed"],
         "world_size": cluster.num_workers,
         "loader": {k: v for k, v in params.get("loader", {}).items() if k != "workers"},  # threads: Cluster
@@ -177,6 +184,15 @@ def resolve(
         out_dir=str(root / train["outputs"] / key),
         fail_at_step=int(fail_at) if fail_at else None,
     )
+
+
+def global_batch(params: dict[str, Any], world_size: int) -> int:
+    """Images per optimiser step over all ranks, counted in the mix's smallest crop size (the size a run starts
+    with): world size x that size's batch per rank. Larger crops have smaller batches of about as many pixels."""
+    from lic.data.loader import crop_plan  # the loader checks and owns its batch sizes
+
+    mix, batch_sizes = crop_plan(params["loader"])
+    return world_size * batch_sizes[min(mix)]
 
 
 def data_version(params: dict[str, Any], root: Path) -> str:
