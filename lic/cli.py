@@ -15,7 +15,7 @@ from lic.errors import LicError
 from lic.eval.cli import evaluate
 from lic.registry import cli as registry_cli
 from lic.stack.cli import app as stack_app
-from lic.train.cli import train
+from lic.train.cli import publish_shards, train
 
 app = typer.Typer(
     name="lic",
@@ -33,6 +33,7 @@ app.command()(registry_cli.register)
 app.command()(registry_cli.pull)
 app.add_typer(stack_app, name="stack")
 app.command()(train)
+app.command()(publish_shards)
 
 
 @app.callback()

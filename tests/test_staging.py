@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from servers import moto_server
 
 from lic.errors import LicError
@@ -223,3 +224,24 @@ def test_publish_and_stage_through_s3(tmp_path) -> None:
             report = Stager(uri, tmp_path / "node").stage([train_shard_file(0), "index.parquet"])
         assert report.bytes_downloaded == 40_000 + (shards / "index.parquet").stat().st_size
         assert (report.directory / train_shard_file(0)).read_bytes() == (shards / train_shard_file(0)).read_bytes()
+
+
+def test_lic_publish_shards_uploads_shards_dir_where_it_is_told(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from lic.cli import app
+
+    shards = fake_shard_set(tmp_path / "project" / "data" / "shards")
+    params = tmp_path / "project" / "params.yaml"
+    params.write_text(yaml.safe_dump({"shards": {"dir": str(shards), "remote": None}}))
+    monkeypatch.delenv(staging.REMOTE_ENV, raising=False)
+    refused = CliRunner().invoke(app, ["publish-shards", "--params", str(params)])
+    assert refused.exit_code != 0 and "nowhere to publish" in str(refused.exception)
+    monkeypatch.setenv(staging.REMOTE_ENV, str(tmp_path / "bucket"))
+    result = CliRunner().invoke(app, ["publish-shards", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    assert "published 8 files" in result.output
+    assert (
+        Stager(str(tmp_path / "bucket"), tmp_path / "node").checksums.keys()
+        == json.loads((shards / "checksums.json").read_text()).keys()
+    )

@@ -42,7 +42,8 @@ from lic.errors import LicError
 from lic.io.atomic import write_text
 
 CHECKSUMS, INDEX = "checksums.json", "index.parquet"
-STAGE_ENV = "LIC_STAGE_DIR"
+STAGE_ENV = "LIC_STAGE_DIR"  # a node's own staging folder, set in its environment
+REMOTE_ENV = "LIC_SHARDS_REMOTE"  # the published set, overriding shards.remote (as LIC_STORAGE_PATH does)
 CHUNK = 8 << 20  # bytes per read while streaming a download through the hash
 DISK_MARGIN = 1 << 30  # left free on the staging disk besides the shards
 
