@@ -11,10 +11,10 @@ import os
 import time
 from pathlib import Path
 
-from bench import codec_speed, complexity, loader, training
+from bench import codec_speed, complexity, loader, staging, training
 from bench.common import machine
 
-SECTIONS = [complexity.run, codec_speed.run, loader.run, training.run]
+SECTIONS = [complexity.run, codec_speed.run, loader.run, staging.run, training.run]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
