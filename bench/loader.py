@@ -16,9 +16,9 @@ from typing import Any
 import pyarrow as pa
 
 from bench.common import Section, table
-from lic.data.dedupe import MERGED_SCHEMA
 from lic.data.loader import build_train_loader
-from lic.data.manifest import describe, write_table
+from lic.data.manifest import describe
+from lic.data.schemas import MERGED_SCHEMA, write_table
 from lic.data.shards import build_shards
 from lic.data.sources.sample import _shipped_file
 from lic.params import load_params
@@ -38,7 +38,7 @@ def _shards(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     rows = []
     for entry in params["data"]["sources"]["sample"]["train"]:
         path, _ = _shipped_file(entry)
-        row = describe((str(path), 0), zooms=())
+        row = describe(str(path), None, 0, ())
         row.update(path=str(path), source="sample", split="train", license="", dedup="kept")
         rows += [row] * COPIES
     write_table(pa.Table.from_pylist(rows, schema=MERGED_SCHEMA), folder / "train.parquet")

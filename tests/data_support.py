@@ -167,7 +167,8 @@ def dvc_project(directory: Path) -> Path:
     for name in ("__init__.py", "errors.py", "params.py"):
         (directory / "lic").mkdir(exist_ok=True)
         shutil.copy2(ROOT / "lic" / name, directory / "lic" / name)
-    shutil.copytree(ROOT / "lic" / "data", directory / "lic" / "data", ignore=ignore)
+    for package in ("data", "io"):
+        shutil.copytree(ROOT / "lic" / package, directory / "lic" / package, ignore=ignore)
     shutil.copy2(ROOT / ".gitignore", directory / ".gitignore")
     run(["git", "init", "-q"], directory)
     run([sys.executable, "-m", "dvc", "init", "-q"], directory)

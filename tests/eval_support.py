@@ -10,7 +10,7 @@ from PIL import Image
 
 from lic.checkpoint import save_checkpoint
 from lic.data.hashing import pixel_sha256
-from lic.data.manifest import SCHEMA, write_table
+from lic.data.schemas import SCHEMA, write_table
 from lic.models import build
 from tests.data_support import photo
 

@@ -10,8 +10,7 @@ import pyarrow as pa
 from data_support import project_params
 from PIL import Image
 
-from lic.data.dedupe import MERGED_SCHEMA
-from lic.data.manifest import write_table
+from lic.data.schemas import MERGED_SCHEMA, write_table
 
 
 def coded_image(index: int, width: int, height: int) -> np.ndarray:

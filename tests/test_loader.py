@@ -1,6 +1,6 @@
 """The training loader over shards of coded images (every crop says which image and which pixels it holds): the
-crop-size schedule, native-resolution crops from both backends, two gloo ranks splitting each pass, validation
-images and user errors.
+crop-size schedule, native-resolution crops from both backends, a subset of the shards, two gloo ranks splitting
+each pass, validation images from the validation shard, and user errors.
 
 Run as a script, this file is one rank of the two-rank test: `python test_loader.py RANK WORLD PORT PARAMS OUT`.
 """
@@ -24,28 +24,35 @@ from data_support import tool_env
 from PIL import Image
 from shard_support import coded_image, shard_params, write_training_manifest
 
-from lic.data.loader import TrainLoader, build_train_loader, load_validation_images
+from lic.data.loader import TrainLoader, build_train_loader
 from lic.data.shards import build_shards
 from lic.errors import LicError
+from lic.train.validation import load_validation_images
 
 # (width, height) of image i: even ones allow 512 crops, odd ones only 256
 SIZES = [(600, 530) if i % 2 == 0 else (300 + 10 * i, 270) for i in range(18)]
 BATCH = {256: 2, 512: 2}
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def _coded_shards(root: Path, shard_size_mb: float) -> dict:
     """Shards of 18 coded PNGs, 2 of them held out; returns the params that point at them."""
-    root = tmp_path_factory.mktemp("loader")
     paths = []
     for index, (width, height) in enumerate(SIZES):
         paths.append(root / f"coded{index:02d}.png")
         Image.fromarray(coded_image(index, width, height)).save(paths[-1], compress_level=1)
     write_training_manifest(root / "train.parquet", paths)
-    params = shard_params(root, validation_images=2)
+    params = shard_params(root, validation_images=2, shard_size_mb=shard_size_mb)
     build_shards(params)
     # one thread: numba compiles the serial pipeline faster, and test_shards covers two threads
     params["loader"].update(crop_mix={256: 0.5, 512: 0.5}, batch_size=BATCH, workers=1)
+    return params
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two train shards (about 10 MB of images in 5 MB shards) and the validation shard."""
+    params = _coded_shards(tmp_path_factory.mktemp("loader"), shard_size_mb=5)
+    assert shard_images(params).keys() == {0, 1}
     return params
 
 
@@ -55,8 +62,21 @@ def ffcv_loader(shards: dict) -> TrainLoader:
     return build_train_loader(shards, seed=1)
 
 
+def index_rows(params: dict) -> list[dict]:
+    return pq.read_table(Path(params["shards"]["dir"]) / "index.parquet").to_pylist()
+
+
 def validation_paths(params: dict) -> list[str]:
-    return pq.read_table(Path(params["shards"]["dir"]) / "validation.parquet")["path"].to_pylist()
+    return [row["path"] for row in index_rows(params) if row["split"] == "validation"]
+
+
+def shard_images(params: dict) -> dict[int, set[int]]:
+    """The coded images each train shard holds."""
+    shards: dict[int, set[int]] = {}
+    for row in index_rows(params):
+        if row["split"] == "train":
+            shards.setdefault(row["shard"], set()).add(int(Path(row["path"]).stem[-2:]))
+    return shards
 
 
 def held_out(params: dict) -> set[int]:
@@ -114,6 +134,31 @@ def test_pytorch_fallback_gives_the_same_kind_of_batches(ffcv_loader: TrainLoade
         assert not set(image_ids(batch)) & held_out(shards)
 
 
+def test_a_subset_of_shards_yields_only_its_images_in_the_same_mix_and_range(shards: dict) -> None:
+    """What a rank of a multi-node run reads: shards=[1] gives shard 1's images only, with the schedule (seed,
+    epoch), the mix and the value range of the loader over every shard."""
+    first = shard_images(shards)[1]
+    subset = build_train_loader(shards, seed=1, shards=[1])
+    whole = build_train_loader(shards, seed=1)
+    assert len(subset) == len(whole)  # an epoch is counted over all train shards: every rank runs the same steps
+    seen = Counter()
+    for epoch in range(2):
+        sizes = []
+        for batch in subset.epoch(epoch):
+            sizes.append(batch.shape[-1])
+            check_batch(batch, batch.shape[-1])
+            seen.update((batch.shape[-1], i) for i in image_ids(batch))
+        assert sizes == whole.schedule(epoch)
+    assert seen and {i for _, i in seen} <= first
+    assert all(i % 2 == 0 for side, i in seen if side == 512)
+    torch_subset = copy.deepcopy(shards)
+    torch_subset["loader"].update(backend="pytorch", workers=0)
+    batches = list(build_train_loader(torch_subset, seed=1, shards=[1]).epoch(0))
+    assert {i for batch in batches for i in image_ids(batch)} <= first
+    with pytest.raises(LicError, match=r"shards=\[5\]: the shard set has train shards 0-1, not \[5\]"):
+        build_train_loader(shards, shards=[5])
+
+
 def test_albumentations_transforms_apply_to_both_backends_alike(shards: dict) -> None:
     params = copy.deepcopy(shards)
     params["loader"].update(backend="pytorch", workers=0, flip=False, augment=[{"VerticalFlip": {"p": 1.0}}])
@@ -145,7 +190,9 @@ def test_bad_settings_are_user_errors(shards: dict) -> None:
 
     fails("add up to 1", crop_mix={256: 0.5, 512: 0.6})
     fails("no positive batch size for crop size 384", crop_mix={256: 0.5, 384: 0.5})
-    fails(r"\d training images allow a 512x512 crop, but a batch of 10", batch_size={256: 2, 512: 10})
+    fails(
+        r"\d training images of the chosen shards allow a 512x512 crop, but a batch of 10", batch_size={256: 2, 512: 10}
+    )
     fails("loader.backend must be one of ffcv, pytorch", backend="dali")
     fails("needs torch.distributed initialised", world_size=2)
     fails("need seed >= 0", seed=-1)
@@ -163,8 +210,10 @@ def _free_port() -> int:
 
 @pytest.mark.integration  # a real gloo process group: a TCP store on 127.0.0.1 and two rank processes
 @pytest.mark.timeout(300)
-def test_two_gloo_ranks_split_every_pass_and_together_cover_it(shards: dict, tmp_path: Path) -> None:
-    """Two processes, torch.distributed with gloo, the FFCV backend: per epoch each rank gets half the images."""
+def test_two_gloo_ranks_split_every_pass_and_together_cover_it(tmp_path: Path) -> None:
+    """Two processes, torch.distributed with gloo, the FFCV backend: per epoch each rank gets half the images.
+    One shard: with several, FFCV pads each shard's pass to a multiple of the ranks (an image may come twice)."""
+    shards = _coded_shards(tmp_path, shard_size_mb=100)
     params = copy.deepcopy(shards)
     params["loader"].update(crop_mix={256: 1.0, 512: 0.0}, workers=1)  # one pass per epoch: 16 images, 2 x 4 x 2
     params_path = tmp_path / "params.yaml"

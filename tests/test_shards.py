@@ -1,8 +1,10 @@
-"""The shard stage: `dvc repro shard` on the sample profile in a temporary git repo, what the .beton holds, the
-loader mixing 256 and 512 crops over it, and the FFCV writer's failure modes (a big image, a broken file)."""
+"""The shard stage: `dvc repro shard` on the sample profile in a temporary git repo, what the .beton shards and
+their index hold, the loader mixing 256 and 512 crops over them, and the FFCV writer's failure modes (a big image,
+a broken file: no half shard is left)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -20,9 +22,11 @@ from ffcv.reader import Reader
 from PIL import Image
 from shard_support import coded_image, shard_params, write_training_manifest
 
-from lic.data.beton import CUSTOM_FIELDS, FFCV_PAGE_SIZE, check_pixels
+from lic.data.beton import CUSTOM_FIELDS
+from lic.data.beton_writer import FFCV_PAGE_SIZE, ShardSample, check_pixels
 from lic.data.loader import build_train_loader
-from lic.data.shards import ShardSample, build_shards, read_pixels
+from lic.data.rgb import open_bytes, stored_pixels
+from lic.data.shards import build_shards
 from lic.errors import LicError
 from lic.params import load_params
 
@@ -55,6 +59,11 @@ def stored_images(beton: Path) -> list[np.ndarray]:
     return images
 
 
+def source_pixels(row: dict, max_side: int) -> np.ndarray:
+    """The pixels the shard stage stores for an index (or manifest) row, decoded from its file or tar member."""
+    return stored_pixels(open_bytes(row["path"], row["member"]), max_side)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
 
@@ -65,24 +74,43 @@ def test_sample_profile_shards_hold_every_training_image_raw_or_as_its_own_forma
         "images": 11, "raw": 7, "jpeg": 4, "crop_256": 11, "crop_512": 9, "validation": 2,
     }  # fmt: skip
     assert metrics["page_size"] == FFCV_PAGE_SIZE  # the biggest sample image (retina, 1411 px) fits 8 MiB
+    assert metrics["shards"] >= 2  # shards.shard_size_mb of the sample profile cuts its 11 images in several
     shown = json.loads(run([*DVC, "metrics", "show", "--json"], project).stdout)
     assert shown[""]["data"]["data/reports/shards.json"]["data"]["total"]["crop_512"] == 9
 
-    metadata = pq.read_table(project / "data/shards/train.parquet").to_pylist()
-    validation = pq.read_table(project / "data/shards/validation.parquet")["path"].to_pylist()
-    train = pq.read_table(project / "data/manifests/train.parquet")["path"].to_pylist()
-    assert sorted([row["path"] for row in metadata] + validation) == sorted(train)
-    stored = stored_images(project / "data/shards/train.beton")
-    assert len(stored) == len(metadata)
-    for row, pixels in zip(metadata, stored, strict=True):
-        assert pixels.shape == (row["height"], row["width"], 3)
-        source = read_pixels(project / row["path"], 2048)
-        if row["storage"] == "raw":
-            assert row["path"].endswith(".png")
-            assert np.array_equal(pixels, source), row["path"]  # lossless sources stay lossless
-        else:
-            assert row["path"].endswith(".jpg")
-            assert psnr(pixels, source) > 44, row["path"]  # a quality-95, 4:4:4 copy of a JPEG
+    folder = project / "data/shards"
+    index = pq.read_table(folder / "index.parquet").to_pylist()
+    train = pq.read_table(project / "data/manifests/train.parquet").to_pylist()
+    assert sorted((row["path"], row["member"]) for row in index) == sorted(
+        (row["path"], row["member"]) for row in train
+    )
+    files = sorted({row["file"] for row in index})
+    assert files == [f"train-{n:05d}.beton" for n in range(metrics["shards"])] + ["validation-00000.beton"]
+    assert Counter(row["split"] for row in index) == {"train": 11, "validation": 2}
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*files, "index.parquet", "checksums.json"])
+    sums = json.loads((folder / "checksums.json").read_text())
+    assert sorted(sums) == sorted([*files, "index.parquet"])
+    for name, entry in sums.items():
+        assert entry == {"sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest(), "bytes": entry["bytes"]}
+        assert entry["bytes"] == (folder / name).stat().st_size
+    for file in files:
+        rows = sorted((row for row in index if row["file"] == file), key=lambda row: row["row"])
+        assert [row["row"] for row in rows] == list(range(len(rows)))
+        assert {row["shard"] for row in rows} == {int(file[-11:-6])}
+        stored = stored_images(folder / file)
+        assert len(stored) == len(rows)
+        for row, pixels in zip(rows, stored, strict=True):
+            assert pixels.shape == (row["height"], row["width"], 3)
+            assert row["bytes"] <= pixels.nbytes and (row["bytes"] == pixels.nbytes) == (row["storage"] == "raw")
+            assert row["crop_256"] and row["crop_512"] == (min(pixels.shape[:2]) >= 512)
+            source = source_pixels(row, 2048)
+            name = row["member"] or row["path"]
+            if row["storage"] == "raw":
+                assert name.endswith(".png")
+                assert np.array_equal(pixels, source), name  # lossless sources stay lossless
+            else:
+                assert name.endswith(".jpg")
+                assert psnr(pixels, source) > 44, name  # a quality-95, 4:4:4 copy of a JPEG
 
 
 def test_loader_mixes_256_and_512_crops_of_the_sample_in_the_configured_ratio(project: Path) -> None:
@@ -111,7 +139,7 @@ def test_a_second_repro_does_nothing(project: Path) -> None:
     assert "Running stage" not in run([*DVC, "repro", "shard"], project).stdout
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_an_image_bigger_than_ffcv_default_page_is_stored_whole(tmp_path: Path) -> None:
     """FFCV's writer hangs forever on a sample bigger than its 8 MiB page; the page size follows the data."""
     big = tmp_path / "big.png"
@@ -124,9 +152,9 @@ def test_an_image_bigger_than_ffcv_default_page_is_stored_whole(tmp_path: Path) 
     metrics = build_shards(params)
     assert metrics["page_size"] == 16 * 2**20
     assert metrics["total"]["raw"] == 2  # jpeg_quality null: JPEG files are stored raw too
-    stored = stored_images(tmp_path / "shards/train.beton")
+    stored = stored_images(tmp_path / "shards/train-00000.beton")
     assert np.array_equal(stored[0], pixels)
-    assert np.array_equal(stored[1], read_pixels(small, 4096))
+    assert np.array_equal(stored[1], stored_pixels(small.read_bytes(), 4096))
 
 
 def test_a_broken_file_stops_the_writer_at_once_with_its_path(tmp_path: Path) -> None:
@@ -136,17 +164,29 @@ def test_a_broken_file_stops_the_writer_at_once_with_its_path(tmp_path: Path) ->
         Image.fromarray(coded_image(index, 320, 300)).save(paths[-1])
     write_training_manifest(tmp_path / "train.parquet", paths)
     paths[3].write_bytes(paths[3].read_bytes()[:-200])  # truncated after the manifest described it
-    before, started = {p.pid for p in psutil.Process().children(recursive=True)}, time.monotonic()
+    started = time.monotonic()
     with pytest.raises(LicError, match=r"image3\.png: truncated or corrupt"):
-        build_shards(shard_params(tmp_path, validation_images=0, stall_timeout_s=60))
-    assert time.monotonic() - started < 30  # the failure is reported, not waited out
-    assert not (tmp_path / "shards").exists()  # nor is anything half-written left
-    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
-    assert all("resource_tracker" in " ".join(p.cmdline()) for p in left)  # the writer and its workers are gone
+        build_shards(shard_params(tmp_path, validation_images=0, stall_timeout_s=60, shard_size_mb=0.5))
+    assert time.monotonic() - started < 60  # the failure is reported, not waited out (Ray's start included)
+    assert sorted(p.name for p in tmp_path.iterdir() if "shards" in p.name) == []  # no half shard, no staging
+    assert not _writers(after=started)  # the writer tasks, their FFCV writers and workers are gone
+
+
+def _writers(after: float) -> list[psutil.Process]:
+    """Processes started since `after` that write shards (Ray titles its task workers, and forks inherit it)."""
+    epoch = time.time() - (time.monotonic() - after)
+    found = []
+    for process in psutil.process_iter(["cmdline", "create_time"]):
+        try:
+            if process.info["create_time"] >= epoch - 1 and "write_shard" in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
 
 
 def test_samples_other_than_8_bit_rgb_of_the_planned_size_are_refused() -> None:
-    sample = ShardSample("a.png", "test", width=40, height=30, jpeg=False)
+    sample = ShardSample("a.png", None, "test", width=40, height=30)
     check_pixels(np.zeros((30, 40, 3), np.uint8), sample)
     for pixels, message in [
         (np.zeros((30, 40), np.uint8), "not an 8-bit H x W x 3 image"),

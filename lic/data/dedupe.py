@@ -12,7 +12,6 @@ An image is dropped only for a neighbour that is itself kept, so chains (A~B, B~
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +20,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lic.data import report
-from lic.io.atomic import write_text
 from lic.data.fetch import active_sources
-from lic.data.manifest import FIELDS, SCHEMA_VERSION, manifest_path, read_manifest, write_table
-from lic.data.neighbours import Hashes, near_pairs
+from lic.data.manifest import manifest_path
+from lic.data.neighbours import Hashes, SearchPlan, near_pairs
+from lic.data.schemas import MERGED_SCHEMA, SCHEMA, read_table, write_table
+from lic.io.atomic import write_text
 from lic.io.progress import say
 
 KEPT, LEAKAGE, EXACT, NEAR = "kept", "leakage", "exact duplicate", "near duplicate"
-DEDUP_FIELDS = [
-    pa.field("dedup", pa.string()),  # for usable training images: kept | leakage | exact duplicate | near duplicate
-    pa.field("duplicate_of", pa.string()),  # path of the kept (or evaluation) image it duplicates
-    pa.field("distance", pa.int32()),  # Hamming distance to it (0 for identical pixels)
-]
-MERGED_SCHEMA = pa.schema(FIELDS + DEDUP_FIELDS, metadata={"lic.manifest": SCHEMA_VERSION})
 
 
 def run_dedupe(params: dict[str, Any]) -> dict[str, Any]:
     """Write the merged, training and evaluation manifests, the metrics JSON and the report; return the metrics."""
     data = params["data"]
     sources = active_sources(params)
-    merged = pa.concat_tables([read_manifest(manifest_path(params, source)) for source in sources])
+    manifests = [read_table(manifest_path(params, name), SCHEMA, f"dvc repro manifest@{name}") for name in sources]
+    merged = pa.concat_tables(manifests)
     thresholds = data["dedupe"]
-    merged = decide(merged, sources, int(thresholds["near_threshold"]), int(thresholds["leakage_threshold"]))
+    near, leakage = int(thresholds["near_threshold"]), int(thresholds["leakage_threshold"])
+    merged = decide(merged, sources, near, leakage, SearchPlan.of(thresholds["search"]))
     paths = {key: Path(value) for key, value in data["paths"].items()}
     write_table(merged, paths["merged"])
     write_table(merged.filter(pc.equal(merged["dedup"], KEPT)), paths["train"])
@@ -55,60 +51,93 @@ def run_dedupe(params: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def decide(table: pa.Table, sources: list[str], near_threshold: int, leakage_threshold: int) -> pa.Table:
-    """`table` with the dedup, duplicate_of and distance columns filled in for usable training images."""
-    columns = table.to_pydict()
-    rank_of_source = {name: rank for rank, name in enumerate(sources)}
-    usable = [status == "ok" for status in columns["status"]]
-    evals = [i for i, ok in enumerate(usable) if ok and columns["split"][i] == "eval"]
-    train = sorted(
-        (i for i, ok in enumerate(usable) if ok and columns["split"][i] == "train"),
-        key=lambda i: (
-            -columns["width"][i] * columns["height"][i],
-            rank_of_source[columns["source"][i]],
-            columns["path"][i],
-        ),
-    )
-    verdict: dict[int, tuple[str, int | None, int | None]] = {}
+def decide(
+    table: pa.Table, sources: list[str], near_threshold: int, leakage_threshold: int, plan: SearchPlan | None = None
+) -> pa.Table:
+    """`table` with the dedup, duplicate_of and distance columns filled in for usable training images.
 
-    eval_by_pixels = {columns["pixel_sha256"][e]: e for e in evals}
-    for i in train:
-        if columns["pixel_sha256"][i] in eval_by_pixels:
-            verdict[i] = (LEAKAGE, eval_by_pixels[columns["pixel_sha256"][i]], 0)
-    candidates = np.array([i for i in train if i not in verdict], dtype=np.int64)
-    if len(candidates) and evals:
-        ti, ej, dist = near_pairs(_hashes(columns, candidates), _hashes(columns, evals), leakage_threshold)
-        for t, e, d in sorted(zip(ti.tolist(), ej.tolist(), dist.tolist(), strict=True), key=lambda x: x[2]):
-            verdict.setdefault(int(candidates[t]), (LEAKAGE, evals[e], d))
+    Columnar throughout (Arrow and numpy; the only Python loop visits images that have an earlier near duplicate),
+    so a million rows cost seconds and memory proportional to the rows and pairs."""
+    n = len(table)
+    ok = pc.equal(table["status"], "ok").to_numpy(zero_copy_only=False)
+    split = table["split"].to_numpy(zero_copy_only=False)
+    evals = np.flatnonzero(ok & (split == "eval"))
+    train = _keep_preference_order(table, sources, np.flatnonzero(ok & (split == "train")))
+    kind = np.full(n, None, dtype=object)
+    other = np.full(n, -1, dtype=np.int64)
+    distance = np.full(n, -1, dtype=np.int64)
+    sha = pc.dictionary_encode(table["pixel_sha256"].combine_chunks())
+    sha_code = pc.fill_null(sha.indices, -1).to_numpy()  # null: a skipped file, never a training or eval image
 
-    first_by_pixels: dict[str, int] = {}
-    for i in train:
-        if i not in verdict:
-            pixels = columns["pixel_sha256"][i]
-            if pixels in first_by_pixels:
-                verdict[i] = (EXACT, first_by_pixels[pixels], 0)
-            else:
-                first_by_pixels[pixels] = i
+    # 1. leakage: identical pixels to an evaluation image, then perceptually within leakage_threshold
+    eval_of_code = np.full(len(sha.dictionary), -1, dtype=np.int64)
+    _, last = np.unique(sha_code[evals][::-1], return_index=True)
+    eval_of_code[sha_code[evals][::-1][last]] = evals[::-1][last]
+    exact_leak = eval_of_code[sha_code[train]] >= 0
+    _set(kind, other, distance, train[exact_leak], LEAKAGE, eval_of_code[sha_code[train[exact_leak]]], 0)
+    candidates = train[~exact_leak]
+    if len(candidates) and len(evals):
+        t, e, d = near_pairs(_hashes(table, candidates), _hashes(table, evals), leakage_threshold, plan)
+        order = np.lexsort((e, d, t))  # per training image: the closest evaluation image, then the first
+        t, e, d = t[order], e[order], d[order]
+        first = np.ones(len(t), dtype=bool)
+        first[1:] = t[1:] != t[:-1]
+        _set(kind, other, distance, candidates[t[first]], LEAKAGE, evals[e[first]], d[first])
 
-    remaining = np.array([i for i in train if i not in verdict], dtype=np.int64)  # still in keep-preference order
-    earlier = defaultdict(list)
+    # 2. exact duplicates: an Arrow group-by on the pixel hash finds each hash's first image in preference order
+    remaining = train[kind[train] == None]  # noqa: E711 (numpy comparison, element-wise)
+    keyed = pa.table({"pixel_sha256": pc.take(table["pixel_sha256"], remaining), "position": np.arange(len(remaining))})
+    firsts = keyed.group_by("pixel_sha256").aggregate([("position", "min")])
+    first_position = keyed.join(firsts, "pixel_sha256").sort_by("position")["position_min"].to_numpy()
+    duplicate = first_position != np.arange(len(remaining))
+    _set(kind, other, distance, remaining[duplicate], EXACT, remaining[first_position[duplicate]], 0)
+
+    # 3. near duplicates: an image goes when an earlier (preferred) image within near_threshold is itself kept
+    remaining = remaining[~duplicate]
+    kept = np.ones(len(remaining), dtype=bool)
     if len(remaining):
-        pi, pj, dist = near_pairs(_hashes(columns, remaining), None, near_threshold)
-        for p, q, d in zip(pi.tolist(), pj.tolist(), dist.tolist(), strict=True):
-            earlier[q].append((d, p))
-    for q, i in enumerate(remaining.tolist()):
-        kept = sorted((d, p) for d, p in earlier[q] if verdict[int(remaining[p])][0] == KEPT)
-        verdict[i] = (NEAR, int(remaining[kept[0][1]]), kept[0][0]) if kept else (KEPT, None, None)
+        p, q, d = near_pairs(_hashes(table, remaining), None, near_threshold, plan)
+        order = np.lexsort((p, d, q))  # per later image: its neighbours, closest first
+        p, q, d = p[order], q[order], d[order]
+        starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if len(q) else np.zeros(0, dtype=np.int64)
+        for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(q)], strict=True):
+            alive = np.flatnonzero(kept[p[start:end]])
+            if len(alive):
+                k = start + int(alive[0])
+                kept[q[k]] = False
+                _set(kind, other, distance, remaining[q[k] : q[k] + 1], NEAR, remaining[p[k]], d[k])
+    kind[remaining[kept]] = KEPT
 
-    dedup, duplicate_of, distance = [None] * len(usable), [None] * len(usable), [None] * len(usable)
-    for i, (kind, other, d) in verdict.items():
-        dedup[i], distance[i] = kind, d
-        duplicate_of[i] = None if other is None else columns["path"][other]
-    say(f"dedupe: {sum(v[0] == KEPT for v in verdict.values())} of {len(train)} usable training images kept")
-    return pa.Table.from_pydict(
-        {**columns, "dedup": dedup, "duplicate_of": duplicate_of, "distance": distance}, schema=MERGED_SCHEMA
+    location = pc.if_else(
+        pc.is_null(table["member"]), table["path"], pc.binary_join_element_wise(table["path"], table["member"], "/")
     )
+    say(f"dedupe: {int(kept.sum())} of {len(train)} usable training images kept")
+    columns = {
+        "dedup": pa.array(kind, pa.string()),
+        "duplicate_of": pc.take(location, pa.array(other, mask=other < 0)),
+        "distance": pa.array(distance, pa.int32(), mask=distance < 0),
+    }
+    for name, column in columns.items():
+        table = table.append_column(name, column)
+    return table.cast(MERGED_SCHEMA)
 
 
-def _hashes(columns: dict[str, list], rows) -> Hashes:
-    return Hashes.from_hex([columns["phash"][i] for i in rows], [columns["phash_zoom"][i] for i in rows])
+def _keep_preference_order(table: pa.Table, sources: list[str], rows: np.ndarray) -> np.ndarray:
+    """`rows` sorted by what is kept first: most pixels, then the source listed first, then path and member."""
+    subset = table.select(["width", "height", "source", "path", "member"]).take(rows)
+    pixels = pc.multiply(subset["width"].cast(pa.int64()), subset["height"].cast(pa.int64()))
+    rank = pc.index_in(subset["source"], value_set=pa.array(sources))
+    keys = pa.table({"pixels": pixels, "rank": rank, "path": subset["path"], "member": subset["member"]})
+    order = pc.sort_indices(
+        keys,
+        sort_keys=[("pixels", "descending"), ("rank", "ascending"), ("path", "ascending"), ("member", "ascending")],
+    )
+    return rows[order.to_numpy()]
+
+
+def _set(kind, other, distance, rows, verdict: str, others, distances) -> None:
+    kind[rows], other[rows], distance[rows] = verdict, others, distances
+
+
+def _hashes(table: pa.Table, rows: np.ndarray) -> Hashes:
+    return Hashes.from_arrow(pc.take(table["phash"], rows), pc.take(table["phash_zoom"], rows))

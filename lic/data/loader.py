@@ -7,9 +7,15 @@ are split between ranks: each crop size has its own pass over the images big eno
 DistributedSampler, and starts another pass when one ends. An epoch has as many steps as it takes to show about one
 crop per training image on each rank.
 
-Two backends yield the same batches: `ffcv` (the .beton, decoded by numba threads) and `pytorch` (a DataLoader
-whose worker processes decode the same source images with Pillow; for comparison, and where FFCV cannot be
-installed). Flips and the optional albumentations transforms are applied here, the same way for both.
+The images live in the shard set (`data/shards/`, lic.data.shards): `shards=` picks which train shards this rank
+reads (None: all, each pass then split between the ranks), so ranks of a multi-node run can read disjoint shards;
+an epoch's length is counted over all train shards either way, so every rank runs the same number of steps. A pass
+visits its shards in an order drawn from (seed, pass) and each shard in its own random order; the short last batch
+of a shard is completed from the next one, so every batch is full.
+
+Two backends yield the same batches: `ffcv` (FFCV's loader, decoded by numba threads) and `pytorch` (a DataLoader
+whose worker processes read the same stored samples from the .beton files; for comparison). Flips and the optional
+albumentations transforms are applied here, the same way for both.
 """
 
 from __future__ import annotations
@@ -17,29 +23,26 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lic.data.dedupe import MERGED_SCHEMA
-from lic.data.manifest import read_manifest
-from lic.data.shards import METADATA_SCHEMA, ShardFiles, read_pixels
+from lic.data.shards import TRAIN, ShardFiles
 from lic.errors import LicError
 from lic.train.schedule import crop_sizes, mix_start_step
 
 BACKENDS = ("ffcv", "pytorch")
-MODEL_STRIDE = 64  # the model's total downsampling: validation images are cropped to multiples of it
 
 
 class CropSource(Protocol):
     """uint8 B x S x S x 3 CPU batches of one crop size, one pass over its images at a time."""
-
-    def __len__(self) -> int: ...  # batches per pass on this rank
 
     def batches(self, pass_index: int) -> Iterator[torch.Tensor]: ...
 
@@ -114,46 +117,51 @@ def build_train_loader(
     world_size: int = 1,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    shards: Sequence[int] | None = None,
 ) -> TrainLoader:
-    """The loader `params['loader']` describes over the shards; `world_size > 1` needs torch.distributed
-    initialised (with that size and this rank)."""
+    """The loader `params['loader']` describes over the train shards (`shards`: which ones this rank reads, None
+    for all of them); `world_size > 1` needs torch.distributed initialised (with that size and this rank)."""
     config = params["loader"]
     mix, batch_sizes = crop_plan(config)
     _check_ranks(rank, world_size, seed)
-    max_side = int(params["shards"]["max_resolution"])
     files = ShardFiles.of(params)
-    metadata = _read_shard_table(files.metadata, METADATA_SCHEMA).to_pydict()
-    short_sides = np.minimum(metadata["width"], metadata["height"])
-    indices = {side: np.flatnonzero(short_sides >= side) for side in mix}
-    for side, eligible in indices.items():
-        if len(eligible) < batch_sizes[side] * world_size:
+    index = files.read_index()
+    train = index.filter(pc.equal(index["split"], TRAIN))
+    chosen = _chosen_shards(train, shards)
+    short_sides = np.minimum(train["width"].to_numpy(), train["height"].to_numpy())
+    in_chosen = np.isin(train["shard"].to_numpy(), chosen)
+    eligible = {side: in_chosen & (short_sides >= side) for side in mix}
+    readers = 1 if shards is not None else world_size  # an explicit subset is this rank's alone: no further split
+    for side, selected in eligible.items():
+        if selected.sum() < batch_sizes[side] * readers:
             raise LicError(
-                f"{len(eligible)} training images allow a {side}x{side} crop, but a batch of {batch_sizes[side]} on "
-                f"{world_size} rank(s) needs {batch_sizes[side] * world_size}: give loader.crop_mix {side}: 0 or "
-                "a smaller loader.batch_size"
+                f"{selected.sum()} training images of the chosen shards allow a {side}x{side} crop, but a batch of "
+                f"{batch_sizes[side]} on {readers} rank(s) needs {batch_sizes[side] * readers}: give "
+                f"loader.crop_mix {side}: 0, a smaller loader.batch_size, or more shards"
             )
     backend = config["backend"]
     workers = int(config["workers"])
     device = torch.device(device)
+    samples = {side: train.filter(pa.array(selected)) for side, selected in eligible.items()}
     if backend == "ffcv":
-        sources = _ffcv_sources(files.beton, indices, batch_sizes, workers, seed, world_size)
+        sources = _ffcv_sources(files.directory, samples, batch_sizes, workers, seed, readers)
     elif backend == "pytorch":
-        paths = metadata["path"]
         sources = {
             side: TorchCrops(
-                PillowCrops([paths[i] for i in eligible], side, max_side),
+                StoredCrops(files.directory, chosen_rows, side),
                 batch_sizes[side],
                 workers=workers,
                 seed=seed,
-                rank=rank,
-                world_size=world_size,
+                rank=rank if readers > 1 else 0,
+                world_size=readers,
                 pin_memory=device.type == "cuda",
             )
-            for side, eligible in indices.items()
+            for side, chosen_rows in samples.items()
         }
     else:
         raise LicError(f"loader.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    images_per_rank = math.ceil(len(indices[min(mix)]) / world_size)  # the smallest crop can use every image
+    smallest = min(mix)  # the smallest crop can use every image; counted over all train shards
+    images_per_rank = math.ceil(int((short_sides >= smallest).sum()) / world_size)
     steps = max(1, round(images_per_rank / sum(mix[side] * batch_sizes[side] for side in mix)))
     augment = build_augment(config.get("augment") or [], seed=seed, rank=rank)
     return TrainLoader(
@@ -167,6 +175,21 @@ def build_train_loader(
         flip=bool(config["flip"]),
         augment=augment,
     )
+
+
+def _chosen_shards(train: pa.Table, shards: Sequence[int] | None) -> np.ndarray:
+    """The train shard numbers to read, checked against the index."""
+    available = np.unique(train["shard"].to_numpy())
+    if shards is None:
+        return available
+    chosen = np.unique(np.asarray(list(shards), dtype=np.int64))
+    unknown = np.setdiff1d(chosen, available)
+    if not len(chosen) or len(unknown):
+        raise LicError(
+            f"shards={list(shards)}: the shard set has train shards 0-{available.max()}"
+            + (f", not {unknown.tolist()}" if len(unknown) else ", and at least one must be chosen")
+        )
+    return chosen
 
 
 def crop_plan(config: dict[str, Any]) -> tuple[dict[int, float], dict[int, int]]:
@@ -192,7 +215,7 @@ def _check_ranks(rank: int, world_size: int, seed: int) -> None:
 
 
 def _ffcv_sources(
-    beton: Path, indices: dict[int, np.ndarray], batch_sizes: dict[int, int], workers: int, seed: int, world: int
+    folder: Path, samples: dict[int, pa.Table], batch_sizes: dict[int, int], workers: int, seed: int, readers: int
 ) -> dict[int, CropSource]:
     try:
         from lic.data.beton import FfcvCrops
@@ -200,33 +223,96 @@ def _ffcv_sources(
         raise LicError(
             f"loader.backend is ffcv, but FFCV does not import ({err}); use loader.backend: pytorch"
         ) from None
-    return {
-        side: FfcvCrops(beton, side, batch_sizes[side], eligible, workers=workers, seed=seed, distributed=world > 1)
-        for side, eligible in indices.items()
-    }
+    sources: dict[int, CropSource] = {}
+    for side, rows in samples.items():
+        parts = {}
+        for file, indices in _rows_by_file(rows).items():
+            parts[file] = partial(
+                FfcvCrops, folder / file, side, batch_sizes[side], indices,
+                workers=workers, seed=seed, distributed=readers > 1,
+            )  # fmt: skip
+        sources[side] = ShardedCrops(parts, batch_sizes[side], seed)
+    return sources
 
 
-class PillowCrops(Dataset):
-    """Random side x side crops (uint8 S x S x 3) of image files, decoded with Pillow as the shard writer does."""
+def _rows_by_file(rows: pa.Table) -> dict[str, np.ndarray]:
+    """{shard file: sample indices in it} of index rows, in shard order."""
+    files = rows["file"].to_numpy(zero_copy_only=False)
+    sample_rows = rows["row"].to_numpy()
+    return {str(file): np.sort(sample_rows[files == file]) for file in sorted(set(files.tolist()))}
 
-    def __init__(self, paths: Sequence[str], side: int, max_side: int) -> None:
-        self.paths, self.side, self.max_side = list(paths), side, max_side
+
+class ShardedCrops:
+    """The FFCV backend's CropSource for one crop size over several shards: one FFCV loader per shard, made at
+    its first use (FFCV compiles its pipeline then) and kept; each pass visits the shards in an order drawn from
+    (seed, pass) and joins a shard's short last batch with the next shard's first."""
+
+    def __init__(self, parts: dict[str, Callable[[], Any]], batch_size: int, seed: int) -> None:
+        self.parts, self.batch_size, self.seed = parts, batch_size, seed
+        self.loaders: dict[str, Any] = {}
+
+    def batches(self, pass_index: int) -> Iterator[torch.Tensor]:
+        order = np.random.default_rng([self.seed, pass_index]).permutation(sorted(self.parts))
+        return full_batches(self._pieces(order.tolist(), pass_index), self.batch_size)
+
+    def _pieces(self, order: list[str], pass_index: int) -> Iterator[torch.Tensor]:
+        for file in order:
+            if file not in self.loaders:
+                self.loaders[file] = self.parts[file]()
+            yield from self.loaders[file].batches(pass_index)
+
+
+def full_batches(pieces: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Batches of exactly `batch_size` from batches of at most that size: full ones pass through untouched (views
+    of the producer's buffer), short ones are copied and joined; a short remainder at the end is dropped."""
+    pending: list[torch.Tensor] = []
+    count = 0
+    try:
+        for piece in pieces:
+            if not pending and len(piece) == batch_size:
+                yield piece
+                continue
+            pending.append(piece.clone())
+            count += len(piece)
+            if count >= batch_size:
+                joined = torch.cat(pending)
+                yield joined[:batch_size]
+                pending = [joined[batch_size:]] if count > batch_size else []
+                count -= batch_size
+    finally:
+        pieces.close()  # stops a half-read shard's FFCV iterator
+
+
+class StoredCrops(Dataset):
+    """Random side x side crops (uint8 S x S x 3) of the stored samples the index rows name, read from the
+    .beton files directly (lic.data.beton.StoredSamples), one file handle set per worker process."""
+
+    def __init__(self, folder: Path, rows: pa.Table, side: int) -> None:
+        self.folder, self.side = folder, side
+        self.files = rows["file"].to_pylist()
+        self.rows = rows["row"].to_numpy()
+        self.opened: dict[str, Any] = {}
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        pixels = read_pixels(self.paths[index], self.max_side)
+        from lic.data.beton import StoredSamples
+
+        file = self.files[index]
+        if file not in self.opened:
+            self.opened[file] = StoredSamples(self.folder / file)
+        pixels = self.opened[file].pixels(int(self.rows[index]))
         row = int(torch.randint(pixels.shape[0] - self.side + 1, ()))  # torch's generator: seeded per worker
         column = int(torch.randint(pixels.shape[1] - self.side + 1, ()))
         return torch.from_numpy(pixels[row : row + self.side, column : column + self.side].copy())
 
 
 class TorchCrops:
-    """The PyTorch backend's CropSource: a DataLoader over PillowCrops, each pass split between ranks."""
+    """The PyTorch backend's CropSource: a DataLoader over StoredCrops, each pass split between ranks."""
 
     def __init__(
-        self, dataset: PillowCrops, batch_size: int, *, workers: int, seed: int, rank: int, world_size: int,
+        self, dataset: StoredCrops, batch_size: int, *, workers: int, seed: int, rank: int, world_size: int,
         pin_memory: bool,
     ) -> None:  # fmt: skip
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
@@ -239,9 +325,6 @@ class TorchCrops:
             pin_memory=pin_memory,
             persistent_workers=workers > 0,
         )
-
-    def __len__(self) -> int:
-        return len(self.loader)
 
     def batches(self, pass_index: int) -> Iterator[torch.Tensor]:
         self.sampler.set_epoch(pass_index)
@@ -264,24 +347,3 @@ def build_augment(specs: list[dict[str, Any]], *, seed: int, rank: int) -> Calla
             raise LicError(f"loader.augment: albumentations has no transform {name!r}")
         transforms.append(transform(**(arguments or {})))
     return albumentations.Compose(transforms, seed=int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
-
-
-def load_validation_images(params: dict[str, Any]) -> list[torch.Tensor]:
-    """The held-out training images as 1 x 3 x H x W float32 in [0, 1]: decoded and capped as the shards store
-    them, then centre-cropped to multiples of 64 and to at most `loader.validation_crop` per side (null: no cap)."""
-    cap = params["loader"]["validation_crop"]
-    max_side = int(params["shards"]["max_resolution"])
-    images = []
-    for path in _read_shard_table(ShardFiles.of(params).validation, MERGED_SCHEMA)["path"].to_pylist():
-        pixels = read_pixels(path, max_side)
-        height, width = (min(side, cap or side) // MODEL_STRIDE * MODEL_STRIDE for side in pixels.shape[:2])
-        top, left = (pixels.shape[0] - height) // 2, (pixels.shape[1] - width) // 2
-        crop = torch.from_numpy(pixels[top : top + height, left : left + width].copy())
-        images.append(crop.permute(2, 0, 1).unsqueeze(0).to(torch.float32, memory_format=torch.contiguous_format) / 255)
-    return images
-
-
-def _read_shard_table(path: Path, schema: pa.Schema) -> pa.Table:
-    if not path.exists():
-        raise LicError(f"{path} not found: run `dvc repro shard` (or `lic data shard`) first")
-    return read_manifest(path, schema)

@@ -1,25 +1,40 @@
-"""Every pair of images whose perceptual hashes lie within a Hamming distance, found exactly, as matrix products.
+"""Every pair of images whose perceptual hashes lie within a Hamming distance, by faiss binary range search.
 
-With bits written as ±1, the dot product of two 64-bit hashes is 64 - 2 * Hamming distance, so one float32
-matrix product (BLAS, all cores) scores a whole tile of pairs; no pair is missed as with bucketing heuristics.
-The distance between two images is the smallest over full-vs-full, full-vs-zoom and zoom-vs-full hashes, which
-is what lets a cropped copy match its original (lic.data.hashing). Cost grows with the square of the image count:
-measured throughput and what it means for the full corpus are in docs/datasets.md.
+The distance between two images is the smallest over full-vs-full, full-vs-zoom and zoom-vs-full hashes, which is
+what lets a cropped copy match its original (lic.data.hashing). Up to `exact_max` indexed images the search is
+exact: faiss's IndexBinaryFlat compares every pair with popcounts, n^2 / 2 of them, fast enough for 10^5 images.
+Beyond, an inverted file (IndexBinaryIVF) puts the hashes in `nlist` cells around trained centroids and compares
+a hash only with those of its `nprobe` nearest cells, which grows like n^1.5 with nlist ~ sqrt(n) and misses a pair
+only when its two hashes fall in cells far apart; its recall on planted duplicates is measured by bench/scale.py
+and docs/benchmarks.md. Pairs are numpy arrays throughout: 16 bytes per pair, never Python objects.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
+# OpenMP threads that spin while waiting for work make faiss 20-40x slower on a machine whose cores are shared
+# (measured on the 2-core development machine under load); a waiting thread sleeps instead. Read at faiss's import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-TILE = 2048
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+BITS = 64
+_NIBBLE = np.full(256, 255, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_NIBBLE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+_NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 
 
 @dataclass(frozen=True)
 class Hashes:
-    """±1 float32 bit matrices of the full-image hashes and of each zoom, one row per image."""
+    """(n, 8) uint8 codes of the full-image hashes and of each zoom, one row per image (faiss's binary layout)."""
 
     full: np.ndarray
     zooms: tuple[np.ndarray, ...]
@@ -28,44 +43,112 @@ class Hashes:
     def from_hex(cls, full: Sequence[str], zooms: Sequence[Sequence[str]]) -> Hashes:
         """From manifest columns: `phash` and `phash_zoom` (one list per image, same length for all)."""
         levels = len(zooms[0]) if len(zooms) else 0
-        return cls(_signs(full), tuple(_signs([z[level] for z in zooms]) for level in range(levels)))
+        return cls(codes(full), tuple(codes([z[level] for z in zooms]) for level in range(levels)))
+
+    @classmethod
+    def from_arrow(cls, full: pa.Array, zooms: pa.Array) -> Hashes:
+        """From the Arrow columns themselves (a million rows without a Python object per hash)."""
+        full = codes(full.to_pylist())
+        if not len(zooms):
+            return cls(full, ())
+        levels = len(zooms[0].as_py())
+        flat = codes(pc.list_flatten(zooms).to_pylist()).reshape(len(zooms), levels, BITS // 8)
+        return cls(full, tuple(np.ascontiguousarray(flat[:, level]) for level in range(levels)))
 
     def __len__(self) -> int:
         return self.full.shape[0]
 
 
-def near_pairs(a: Hashes, b: Hashes | None, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i, j, distance) for every pair within `threshold`: i in `a`, j in `b`; with `b` None, pairs i < j in `a`."""
+@dataclass(frozen=True)
+class SearchPlan:
+    """How to search: exact up to `exact_max` indexed images, else IVF with `nlist` cells (0: 4 sqrt(n), at
+    least 16) of which `nprobe` are visited per query."""
+
+    exact_max: int = 100_000
+    nlist: int = 0
+    nprobe: int = 16
+
+    @classmethod
+    def of(cls, config: dict) -> SearchPlan:
+        """From params' data.dedupe.search."""
+        return cls(int(config["exact_max"]), int(config["nlist"]), int(config["nprobe"]))
+
+    def is_exact(self, indexed: int) -> bool:
+        return indexed <= self.exact_max
+
+
+def near_pairs(
+    a: Hashes, b: Hashes | None, threshold: int, plan: SearchPlan | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance) for every pair within `threshold`: i in `a`, j in `b`; with `b` None, pairs i < j in `a`.
+    Sorted by (i, j); each pair once, with its smallest distance over the hash combinations."""
+    plan = plan or SearchPlan()
     within = b is None
     b = a if within else b
-    bits = a.full.shape[1] if len(a) else 64
-    found_i, found_j, found_d = [], [], []
-    for start in range(0, len(a), TILE):
-        rows = slice(start, min(start + TILE, len(a)))
-        first = start if within else 0  # within one set, only tiles on or right of the diagonal
-        for col_start in range(first, len(b), TILE):
-            cols = slice(col_start, min(col_start + TILE, len(b)))
-            dots = a.full[rows] @ b.full[cols].T
-            for a_zoom, b_zoom in zip(a.zooms, b.zooms, strict=True):
-                np.maximum(dots, a.full[rows] @ b_zoom[cols].T, out=dots)
-                np.maximum(dots, a_zoom[rows] @ b.full[cols].T, out=dots)
-            distance = np.rint((bits - dots) / 2).astype(np.int32)
-            hit = distance <= threshold
-            if within and col_start == start:
-                hit &= np.triu(np.ones_like(hit), k=1)
-            i, j = np.nonzero(hit)
-            found_i.append(i + start)
-            found_j.append(j + col_start)
-            found_d.append(distance[i, j])
-    if not found_i:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty.astype(np.int32)
-    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_d)
+    if not len(a) or not len(b):
+        return _empty()
+    found = []
+    full_index = _index(b.full, plan)
+    found.append(_range(full_index, a.full, threshold))
+    for level, b_zoom in enumerate(b.zooms):
+        found.append(_range(_index(b_zoom, plan), a.full, threshold))  # a's full vs b's zoom
+        if not within:  # within one set, zoom-vs-full is the same search with i and j swapped
+            found.append(_range(full_index, a.zooms[level], threshold))
+    i, j, d = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    if within:
+        i, j = np.minimum(i, j), np.maximum(i, j)
+        keep = i != j
+        i, j, d = i[keep], j[keep], d[keep]
+    key = i * len(b) + j
+    order = np.lexsort((d, key))  # by pair, smallest distance first
+    key, d = key[order], d[order]
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    key, d = key[first], d[first]
+    return key // len(b), key % len(b), d.astype(np.int32)
 
 
-def _signs(hexes: Sequence[str]) -> np.ndarray:
-    """Hex hashes as an (n, bits) float32 matrix of ±1."""
+def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    empty = np.zeros(0, dtype=np.int64)
+    return empty, empty, empty.astype(np.int32)
+
+
+def _index(codes_: np.ndarray, plan: SearchPlan) -> faiss.IndexBinary:
+    """A binary index over `codes_`: exact (flat) when small enough, else an IVF trained on a sample of them."""
+    n = len(codes_)
+    if plan.is_exact(n):
+        index = faiss.IndexBinaryFlat(BITS)
+    else:
+        nlist = min(n, plan.nlist or max(16, int(4 * math.sqrt(n))))
+        # The cells' centroids are hashes drawn from the data: binary k-means would cost more than the search,
+        # and with a quantizer already holding nlist codes faiss skips it.
+        quantizer = faiss.IndexBinaryFlat(BITS)
+        quantizer.use_heap = False  # faiss's counting search: 2x faster for the nprobe nearest cells
+        quantizer.add(codes_[np.sort(np.random.default_rng(0).choice(n, size=nlist, replace=False))])
+        index = faiss.IndexBinaryIVF(quantizer, BITS, nlist)
+        index.train(codes_[:nlist])
+        index.nprobe = min(plan.nprobe, nlist)
+        index.own_fields = False
+        index.referenced_quantizer = quantizer  # keep the quantizer alive as long as the index
+    index.add(codes_)
+    return index
+
+
+def _range(index: faiss.IndexBinary, queries: np.ndarray, threshold: int) -> tuple[np.ndarray, ...]:
+    """(query, indexed, distance) of every indexed code within `threshold` of a query (faiss's radius is strict)."""
+    limits, distances, labels = index.range_search(queries, threshold + 1)
+    rows = np.repeat(np.arange(len(queries), dtype=np.int64), np.diff(limits).astype(np.int64))
+    return rows, labels.astype(np.int64), distances.astype(np.int32)
+
+
+def codes(hexes: Sequence[str]) -> np.ndarray:
+    """16-digit hex hashes as an (n, 8) uint8 matrix, decoded in one vectorised step."""
     if not len(hexes):
-        return np.zeros((0, 64), dtype=np.float32)
-    raw = np.frombuffer(b"".join(bytes.fromhex(h) for h in hexes), dtype=np.uint8).reshape(len(hexes), -1)
-    return np.unpackbits(raw, axis=1).astype(np.float32) * 2 - 1
+        return np.zeros((0, BITS // 8), dtype=np.uint8)
+    ascii_ = np.frombuffer("".join(hexes).encode("ascii"), dtype=np.uint8)
+    if len(ascii_) != 16 * len(hexes):
+        raise ValueError("perceptual hashes must be 16 hex digits each")
+    nibbles = _NIBBLE[ascii_].reshape(len(hexes), BITS // 8, 2)
+    if (nibbles == 255).any():
+        raise ValueError("perceptual hashes must be hex digits")
+    return (nibbles[..., 0] << 4) | nibbles[..., 1]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lic.data.rgb import load_rgb
-from lic.data.manifest import read_manifest
+from lic.data.schemas import SCHEMA, read_table
 from lic.errors import LicError
 
 
@@ -64,7 +64,7 @@ class EvalSet:
 
 def load_eval_set(manifest: Path | str, limit: int | None = None) -> EvalSet:
     """The usable images of an evaluation manifest, ordered by dataset and path; `limit` keeps the first n of each."""
-    rows = [row for row in read_manifest(manifest).to_pylist() if row["status"] == "ok"]
+    rows = [row for row in read_table(manifest, SCHEMA, "dvc repro dedupe").to_pylist() if row["status"] == "ok"]
     rows.sort(key=lambda row: (row["source"], row["path"]))
     if limit is not None:
         rows = [row for _, group in groupby(rows, key=lambda row: row["source"]) for row in list(group)[:limit]]

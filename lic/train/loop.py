@@ -34,14 +34,14 @@ from ray.train.torch import get_device, prepare_model
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lic.data.loader import TrainLoader, build_train_loader, load_validation_images
-from lic.train.objective import RateDistortionLoss, make_optimizers
+from lic.data.loader import TrainLoader, build_train_loader
 from lic.models import build
+from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.train.resume import restore_checkpoint, write_checkpoint
 from lic.train.schedule import learning_rate
 from lic.train.settings import FAIL_AT_STEP_ENV, RunSettings
 from lic.train.tracking import Tracker
-from lic.train.validation import validate
+from lic.train.validation import load_validation_images, validate
 
 log = logging.getLogger(__name__)
 

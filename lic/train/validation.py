@@ -1,5 +1,8 @@
 """Validation during training: rate, quality and RD loss on held-out images, by the likelihood estimate.
 
+The held-out images are the shard set's validation shards (`data/shards/validation-*.beton`), so training reads
+nothing but the shard set; they are the pixels the shards store (a JPEG sample decoded exactly).
+
 An eval-mode forward pass reconstructs exactly what the real codec decodes and its likelihoods give the rate to
 within about 1% (docs/model.md), at a fraction of the cost of entropy coding. Images are padded to a multiple of
 64, as the codec needs (centred zero padding, CompressAI's convention), and the rate is over the unpadded
@@ -11,14 +14,17 @@ clamped reconstruction.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from compressai.ops import compute_padding
 from torch import Tensor, nn
 
 from lic.codec.core import PAD_MULTIPLE
+from lic.data.shards import VALIDATION, ShardFiles
 from lic.eval.metrics import ms_ssim, psnr
 from lic.train.objective import RateDistortionLoss
 
@@ -46,3 +52,25 @@ def validate(model: nn.Module, images: Sequence[Tensor], criterion: RateDistorti
 
 def _uint8(x: Tensor) -> np.ndarray:
     return x[0].mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+
+
+def load_validation_images(params: dict[str, Any]) -> list[Tensor]:
+    """The held-out images as 1 x 3 x H x W float32 in [0, 1], in index order: centre-cropped to multiples of
+    the padding multiple and to at most `loader.validation_crop` per side (null: no cap)."""
+    from lic.data.beton import StoredSamples
+
+    cap = params["loader"]["validation_crop"]
+    files = ShardFiles.of(params)
+    index = files.read_index()
+    held_out = index.filter(pc.equal(index["split"], VALIDATION))
+    opened: dict[str, StoredSamples] = {}
+    images = []
+    for file, row in zip(held_out["file"].to_pylist(), held_out["row"].to_pylist(), strict=True):
+        if file not in opened:
+            opened[file] = StoredSamples(files.directory / file)
+        pixels = opened[file].pixels(row)
+        height, width = (min(side, cap or side) // PAD_MULTIPLE * PAD_MULTIPLE for side in pixels.shape[:2])
+        top, left = (pixels.shape[0] - height) // 2, (pixels.shape[1] - width) // 2
+        crop = torch.from_numpy(pixels[top : top + height, left : left + width].copy())
+        images.append(crop.permute(2, 0, 1).unsqueeze(0).to(torch.float32, memory_format=torch.contiguous_format) / 255)
+    return images
