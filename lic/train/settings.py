@@ -20,6 +20,7 @@ import yaml
 
 from lic.errors import LicError
 from lic.train.schedule import scaled_lr, warmup_steps
+from lic.train.staging import REMOTE_ENV
 
 METRICS = ("mse", "ms-ssim")
 FAIL_AT_STEP_ENV = "LIC_TRAIN_FAIL_AT_STEP"  # fault-injection hook of the tests: docs/training.md
@@ -73,6 +74,7 @@ class RunSettings:
     tracking_uri: str
     experiment: str
     out_dir: str  # outputs/train/<key>: model.pt and metrics.json
+    shards_remote: str | None  # the published shard set nodes stage from; None: every node reads shards.dir
     fail_at_step: int | None = None
 
     def mlflow_params(self) -> dict[str, Any]:
@@ -182,6 +184,7 @@ def resolve(
         tracking_uri=tracking_uri(root),
         experiment=str(train["experiment"]),
         out_dir=str(root / train["outputs"] / key),
+        shards_remote=os.environ.get(REMOTE_ENV) or params["shards"].get("remote"),
         fail_at_step=int(fail_at) if fail_at else None,
     )
 
