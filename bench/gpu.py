@@ -96,11 +96,15 @@ def throughput(
     torch.manual_seed(0)
     model = build("loclic", **config).to(device).train()
     reset_peak(device)
-    warm, _ = train_steps(model, batch, WARMUP_STEPS, amp, device, seed=100, side=side)
-    losses, seconds = train_steps(model, batch, steps, amp, device, seed=200, side=side)
+    precision = "bf16 autocast" if amp else "fp32"
+    try:
+        warm, _ = train_steps(model, batch, WARMUP_STEPS, amp, device, seed=100, side=side)
+        losses, seconds = train_steps(model, batch, steps, amp, device, seed=200, side=side)
+    except RuntimeError as err:  # reported, so the other measurements still run
+        return {"batch": batch, "precision": precision, "finite": False, "error": str(err).splitlines()[0]}
     return {
         "batch": batch,
-        "precision": "bf16 autocast" if amp else "fp32",
+        "precision": precision,
         "samples_per_s": batch * steps / seconds,
         "step_s": seconds / steps,
         "finite": all(math.isfinite(loss) for loss in warm + losses),
@@ -116,7 +120,10 @@ def bf16_agreement(
     for amp in (False, True):
         torch.manual_seed(0)
         model = build("loclic", **config).to(device).train()
-        runs[amp], _ = train_steps(model, batch, steps, amp, device, seed=300, side=side)
+        try:
+            runs[amp], _ = train_steps(model, batch, steps, amp, device, seed=300, side=side)
+        except RuntimeError as err:  # reported, so the other measurements still run
+            return {"steps": steps, "tolerance": BF16_TOLERANCE, "ok": False, "error": str(err).splitlines()[0]}
     worst = max(abs(b - f) / abs(f) for f, b in zip(runs[False], runs[True], strict=True))
     return {
         "steps": steps,
@@ -233,14 +240,20 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"GPU: {results['gpu']} x {results['gpus']}, torch {results['torch']} (CUDA {results['cuda']})", ""]
     lines += ["| batch | precision | samples/s | s/step | finite | peak GiB |", "|---|---|---|---|---|---|"]
     for row in results["throughput"]:
+        if "error" in row:
+            lines.append(f"| {row['batch']} | {row['precision']} | failed: {row['error']} | | False | |")
+            continue
         lines.append(
             f"| {row['batch']} | {row['precision']} | {row['samples_per_s']:.1f} | {row['step_s']:.3f} | "
             f"{row['finite']} | {row['peak_memory_gib']:.2f} |"
         )
     agreement = results["bf16_agreement"]
-    lines += ["", f"bf16 vs fp32 over {agreement['steps']} steps: max relative loss difference "
-              f"{agreement['max_relative_difference']:.4f} (tolerance {agreement['tolerance']}): "
-              f"{'ok' if agreement['ok'] else 'FAILED'}"]  # fmt: skip
+    if "error" in agreement:
+        lines += ["", f"bf16 vs fp32: bf16 training failed: {agreement['error']}"]
+    else:
+        lines += ["", f"bf16 vs fp32 over {agreement['steps']} steps: max relative loss difference "
+                  f"{agreement['max_relative_difference']:.4f} (tolerance {agreement['tolerance']}): "
+                  f"{'ok' if agreement['ok'] else 'FAILED'}"]  # fmt: skip
     ddp = results["ddp"]
     lines.append(f"DDP: {ddp['skipped']}" if "skipped" in ddp else
                  f"DDP nccl x{ddp['world_size']}: {ddp['samples_per_s']:.1f} samples/s, weights equal on every "
