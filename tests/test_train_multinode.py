@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from data_support import ROOT, dvc_project, project_params, tool_env, write_params
+from data_support import ROOT, dvc_project, project_params, run, tool_env, write_params
 from servers import mlflow_server, moto_server, ray_cluster
 
 from lic.train.staging import publish, train_shard_file
@@ -62,27 +62,25 @@ def test_two_nodes_stage_only_their_shards_from_s3_and_a_killed_rank_resumes_wit
     params["train"]["ray"].update(num_workers=2, cpus_per_worker=1, max_failures=1, keep_best=1)
     params["loader"].update(crop_mix={256: 1.0}, batch_size={256: 1, 512: 1}, validation_crop=256)
     write_params(project, params)
+    run([sys.executable, "-m", "dvc", "repro", "shard"], project)
+    shards = project / "data" / "shards"
+    index = pq.read_table(shards / "index.parquet").to_pydict()
+    splits = zip(index["split"], index["shard"], strict=True)
+    train_shards = sorted({shard for split, shard in splits if split == "train"})
+    assert len(train_shards) >= 2
+
     stage = {"head": tmp_path / "head-disk", "worker": tmp_path / "worker-disk"}
     with ExitStack() as servers:
         s3 = servers.enter_context(moto_server(tmp_path, buckets=(BUCKET,)))
-        mlflow = servers.enter_context(mlflow_server(tmp_path / "mlflow"))
-        own = [{"LIC_STAGE_DIR": str(stage["head"])}, {"LIC_STAGE_DIR": str(stage["worker"])}]
-        cluster = servers.enter_context(ray_cluster(tmp_path, worker_nodes=1, node_env=s3.env(), own_env=own))
-        env = {**tool_env(), **s3.env(), **mlflow.env(), **cluster.env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
-        # the data stages' Ray tasks run on this cluster too (a local Ray of their own is slow to start here)
-        shard = subprocess.run([sys.executable, "-m", "dvc", "repro", "shard"], cwd=project, env=env,
-                               capture_output=True, text=True)  # fmt: skip
-        assert shard.returncode == 0, shard.stdout[-3000:] + shard.stderr[-3000:]
-        shards = project / "data" / "shards"
-        index = pq.read_table(shards / "index.parquet").to_pydict()
-        splits = zip(index["split"], index["shard"], strict=True)
-        train_shards = sorted({shard for split, shard in splits if split == "train"})
-        assert len(train_shards) >= 2
         remote = s3.storage_path(f"{BUCKET}/shards/sample")
         for name, value in s3.env().items():
             monkeypatch.setenv(name, value)
         publish(shards, remote)
         shutil.rmtree(project / "data")  # the head's local copy: nothing under data/ is left to open
+        mlflow = servers.enter_context(mlflow_server(tmp_path / "mlflow"))
+        own = [{"LIC_STAGE_DIR": str(stage["head"])}, {"LIC_STAGE_DIR": str(stage["worker"])}]
+        cluster = servers.enter_context(ray_cluster(tmp_path, worker_nodes=1, node_env=s3.env(), own_env=own))
+        env = {**tool_env(), **s3.env(), **mlflow.env(), **cluster.env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
         params["train"]["storage_path"] = s3.storage_path(f"{BUCKET}/runs")
         params["shards"]["remote"] = remote
         config = project / "multinode.yaml"
