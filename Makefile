@@ -31,10 +31,10 @@ $(STAMP): requirements.lock pyproject.toml infra/setup/system-deps.sh
 	$(PY) -m pip check
 	touch $(STAMP)
 
-test: setup ## Run the test suite (unit, integration, slow), except the whole-pipeline runs of test-all
-	$(PY) -m pytest -m "not pipeline" || test $$? -eq 5  # exit 5 = no tests collected
+test: setup ## Run the test suite (unit, integration, slow), except the whole-pipeline and multinode runs of test-all
+	$(PY) -m pytest -m "not pipeline and not multinode" || test $$? -eq 5  # exit 5 = no tests collected
 
-test-all: setup ## Run every test, also the acceptance runs of `make pipeline` in temporary clones
+test-all: setup ## Run every test, also `make pipeline` in temporary clones and the no-shared-data two-node run
 	$(PY) -m pytest || test $$? -eq 5
 
 test-fast: setup ## Run the tests that are neither slow nor need local servers

@@ -11,10 +11,10 @@ import os
 import time
 from pathlib import Path
 
-from bench import cli_latency, codec_speed, complexity, jobs, loader, training
+from bench import cli_latency, codec_speed, complexity, jobs, loader, staging, training
 from bench.common import machine
 
-SECTIONS = [complexity.run, codec_speed.run, jobs.run, loader.run, training.run, cli_latency.run]
+SECTIONS = [complexity.run, codec_speed.run, jobs.run, loader.run, staging.run, training.run, cli_latency.run]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 

@@ -19,7 +19,7 @@ from lic.errors import LicError
 from lic.eval.cli import evaluate
 from lic.registry import cli as registry_cli
 from lic.stack.cli import app as stack_app
-from lic.train.cli import train
+from lic.train.cli import publish_shards, train
 
 
 def _readable_type(
@@ -54,6 +54,7 @@ app.command()(registry_cli.register)
 app.command()(registry_cli.pull)
 app.add_typer(stack_app, name="stack")
 app.command()(train)
+app.command()(publish_shards)
 
 
 def _print_version(value: bool) -> None:
@@ -172,6 +173,18 @@ def import_weights(
         eval_dir = Path(settings["evaluate"]["out_dir"]) / checkpoint.stem
         evaluate_checkpoint(checkpoint, Path(settings["data"]["paths"]["eval"]), eval_dir)
         registry_cli.register(checkpoint, eval_dir, params=params)
+
+
+@app.command()
+def profile(
+    name: Annotated[str, typer.Argument(help="sample (the embedded photographs) or full (the paper-scale recipe).")],
+    params: Annotated[str, typer.Option("--params", help="The params file to change.")] = "params.yaml",
+) -> None:
+    """Switch params.yaml to a profile: its name and its rate points (`lambdas`, one train@<key> stage each)."""
+    from lic.profiles import apply_profile
+
+    values = apply_profile(name, Path(params))
+    typer.echo(f"{params}: profile {name}, {len(values['lambdas'])} rate points: {', '.join(values['lambdas'])}")
 
 
 @app.command()

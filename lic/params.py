@@ -30,6 +30,7 @@ STORAGE_SCHEMES = ("s3", "gs", "abfs", "hdfs")  # what pyarrow.fs (Ray Train's s
 ENV_OVERRIDES = {  # environment variable -> the params key it replaces
     "LIC_STORAGE_PATH": "train.storage_path",
     "RAY_ADDRESS": "train.ray.address",
+    "LIC_SHARDS_REMOTE": "shards.remote",
 }
 
 Key = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]  # names folders, runs and DVC stages
@@ -219,6 +220,8 @@ class Shards(Section):
     validation_images: Count = Field(description="training images held out for validation")
     crop_sizes: list[PositiveInt] = Field(description="crop sides the metrics count eligible images for")
     workers: PositiveInt = Field(description="FFCV writer processes per shard; Ray writes shards at once")
+    remote: str | None = Field(description="the published shard set nodes stage from (any pyarrow URI); null: none")
+    stage_dir: str = Field(description="node-local staging folder; LIC_STAGE_DIR on a node overrides it there")
     stall_timeout_s: Annotated[float, Field(gt=0)] = Field(description="stop a writer that stores nothing this long")
 
 
@@ -230,6 +233,9 @@ class Loader(Section):
     flip: bool
     augment: list[dict[str, dict[str, Any]]] = Field(description="albumentations transforms, one mapping each")
     validation_crop: PositiveInt | None = Field(description="centre crop of the held-out images; null: whole")
+    crop_mix_from: dict[Key, Probability] = Field(
+        description="share of train.steps on the mix's smallest crop alone, by profile, then crop_mix"
+    )
 
     @model_validator(mode="after")
     def _mix_is_a_distribution(self) -> Loader:
@@ -271,9 +277,10 @@ class RayCluster(Section):
 class Train(Section):
     model: ModelChoice
     steps: dict[Key, PositiveInt] = Field(description="optimiser steps per lambda, by profile")
-    lr: Annotated[float, Field(gt=0)]
+    lr: Annotated[float, Field(gt=0)] = Field(description="Adam's rate for a global batch of lr_batch")
+    lr_batch: PositiveInt = Field(description="the global batch lr is for; k times that uses sqrt(k) x lr")
     min_lr: Annotated[float, Field(ge=0)]
-    warmup_steps: Count
+    warmup: Annotated[float, Field(ge=0, lt=1)] = Field(description="warm-up as a share of train.steps")
     aux_lr: Annotated[float, Field(gt=0)]
     clip_norm: Annotated[float, Field(gt=0)]
     amp: bool = Field(description="bfloat16 autocast on GPU; ignored on CPU")

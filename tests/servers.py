@@ -99,12 +99,17 @@ class RayCluster:
 
 @contextmanager
 def ray_cluster(
-    workdir: Path, worker_nodes: int = 1, cpus_per_node: int = 1, node_env: dict[str, str] | None = None
+    workdir: Path,
+    worker_nodes: int = 1,
+    cpus_per_node: int = 1,
+    node_env: dict[str, str] | None = None,
+    own_env: list[dict[str, str]] | None = None,
 ) -> Iterator[RayCluster]:
     """A head and `worker_nodes` more nodes (`ray start`), token auth as Ray 2.60 wants it, stopped by PID.
 
     Ray's workers inherit their node's environment, not the driver's: pass `node_env` (e.g. `S3Server.env()`)
-    for what they need, like S3 credentials for checkpoints. The token is Ray's default file (~/.ray/auth_token,
+    for what they need, like S3 credentials for checkpoints, and `own_env` for what differs per node (the head
+    first), like its local disk. The token is Ray's default file (~/.ray/auth_token,
     made if missing), because Ray caches the token in-process: a test process that attaches to two clusters in
     turn must present the same one.
     """
@@ -116,13 +121,13 @@ def ray_cluster(
     address = f"127.0.0.1:{port}"
     try:
         with ExitStack() as nodes:
-            head = services.ray_head(port, temp, token, cpus_per_node, workdir / f"ray-{port}-head.log", node_env or {})
+            envs = [{**(node_env or {}), **((own_env or [])[i] if i < len(own_env or []) else {})}
+                    for i in range(worker_nodes + 1)]  # fmt: skip
+            head = services.ray_head(port, temp, token, cpus_per_node, workdir / f"ray-{port}-head.log", envs[0])
             nodes.enter_context(_running(head))
             for i in range(1, worker_nodes + 1):
                 log = workdir / f"ray-{port}-worker-{i}.log"
-                nodes.enter_context(
-                    _running(services.ray_worker(address, token, cpus_per_node, log, node_env or {}, i))
-                )
+                nodes.enter_context(_running(services.ray_worker(address, token, cpus_per_node, log, envs[i], i)))
             yield RayCluster(address, {"RAY_ADDRESS": address, **services.ray_env(token)})
     finally:
         shutil.rmtree(temp, ignore_errors=True)

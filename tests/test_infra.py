@@ -289,16 +289,21 @@ def test_rayjob_runs_one_train_stage_on_a_token_authenticated_gpu_cluster(projec
     assert cluster["authOptions"] == {"mode": "token"}
     assert spec["shutdownAfterJobFinishes"] is True
 
-    (stage,) = re.findall(r"dvc repro --single-item (train@\w+)", spec["entrypoint"])
+    (key,) = re.findall(r"lic train --key (\w+)", spec["entrypoint"])
     params = yaml.safe_load((project_root / "params.yaml").read_text())
-    assert stage.removeprefix("train@") in params["lambdas"]
-    assert f"dvc push {stage}" in spec["entrypoint"]
+    assert key in params["lambdas"]
+    assert "dvc pull" not in spec["entrypoint"]  # no data on the head: the workers stage their own shards
     assert subprocess.run(["bash", "-n", "-c", spec["entrypoint"]], capture_output=True).returncode == 0
 
     head = cluster["headGroupSpec"]["template"]["spec"]
     (workers,) = cluster["workerGroupSpecs"]
     worker = workers["template"]["spec"]
     assert workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
+    stage_dir = {e["name"]: e["value"] for e in worker["containers"][0]["env"]}["LIC_STAGE_DIR"]
+    mounts = {m["mountPath"]: m["name"] for m in worker["containers"][0]["volumeMounts"]}
+    (volume,) = [v for v in worker["volumes"] if v["name"] == mounts[stage_dir]]
+    size_gib = int(volume["emptyDir"]["sizeLimit"].removesuffix("Gi"))
+    assert size_gib * 2**30 >= 185e9 / workers["replicas"] * 1.1  # the node's share of the full shard set
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert head["containers"][0]["image"] == worker["containers"][0]["image"]
     assert head["serviceAccountName"] == worker["serviceAccountName"] == account["metadata"]["name"]

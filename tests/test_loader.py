@@ -22,7 +22,7 @@ import torch
 import yaml
 from PIL import Image
 
-from lic.data.loader import TrainLoader, build_train_loader, crop_schedule
+from lic.data.loader import TrainLoader, build_train_loader
 from lic.data.shards import build_shards
 from lic.errors import LicError
 from lic.params import parse_params
@@ -111,15 +111,6 @@ def check_batch(batch: torch.Tensor, side: int) -> str:
         assert torch.all(ids == ids[0, 0])
         directions.append("as is" if steps[0, 0] == 1 else "mirrored")
     return directions[0]
-
-
-def test_crop_schedule_follows_the_mix_and_depends_only_on_seed_and_epoch() -> None:
-    mix = {256: 0.8, 512: 0.2}
-    sizes = [side for epoch in range(100) for side in crop_schedule(mix, 100, seed=5, epoch=epoch)]
-    assert abs(Counter(sizes)[512] / len(sizes) - 0.2) < 0.02
-    assert crop_schedule(mix, 100, seed=5, epoch=3) == crop_schedule(mix, 100, seed=5, epoch=3)
-    assert crop_schedule(mix, 100, seed=5, epoch=3) != crop_schedule(mix, 100, seed=5, epoch=4)
-    assert crop_schedule(mix, 100, seed=5, epoch=3) != crop_schedule(mix, 100, seed=6, epoch=3)
 
 
 def test_ffcv_batches_are_native_crops_in_the_scheduled_sizes(ffcv_loader: TrainLoader, shards: dict) -> None:

@@ -7,6 +7,7 @@ import itertools
 import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ from lic.registry.tracking import tracking_uri
 from lic.train.loop import Meter
 from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.train.resume import restore_checkpoint, write_checkpoint
-from lic.train.schedule import learning_rate
-from lic.train.settings import UNVERSIONED, Optimisation, resolve
+from lic.train.schedule import crop_sizes, learning_rate, mix_start_step, scaled_lr, warmup_steps
+from lic.train.settings import UNVERSIONED, Optimisation, global_batch, resolve
 from lic.train.validation import validate
 
 TINY = {"N": [8, 8, 16], "M": 40, "slices": 2}
@@ -103,6 +104,74 @@ def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
     assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
     assert rates[55] == pytest.approx((1e-4 + 1e-5) / 2)
     assert learning_rate(100, opt) == pytest.approx(1e-5)
+
+
+def test_warm_up_is_a_share_of_the_run_and_raising_the_budget_continues_the_run(params, tmp_path) -> None:
+    assert warmup_steps(0.01, 16) == 1 and warmup_steps(0.01, 2_000_000) == 20_000 and warmup_steps(0.1, 16) == 2
+    assert warmup_steps(0.0, 100) == 1  # the rate ramps from lr / warmup_steps: never a zero-length warm-up
+    too_long = copy.deepcopy(params)
+    too_long["train"]["warmup"] = 1.0
+    with pytest.raises(LicError, match=r"train\.warmup = 1\.0: Input should be less than 1"):
+        parse_params(too_long)
+    full = copy.deepcopy(params)
+    full["profile"] = "full"
+    settings = resolve(parse_params(full), "l0130", root=tmp_path)
+    assert settings.optimisation.steps == 2_000_000 and settings.optimisation.warmup_steps == 20_000
+    assert resolve(parse_params(params), "l0130", root=tmp_path).optimisation.warmup_steps == 1  # the sample's 16 steps
+    longer = copy.deepcopy(full)
+    longer["train"]["steps"]["full"] = 3_000_000  # warm-up becomes 30,000 steps: the same run, continued
+    assert resolve(parse_params(longer), "l0130", root=tmp_path).optimisation.warmup_steps == 30_000
+    assert resolve(parse_params(longer), "l0130", root=tmp_path).run_name == settings.run_name
+    other_share = copy.deepcopy(full)
+    other_share["train"]["warmup"] = 0.02
+    assert resolve(parse_params(other_share), "l0130", root=tmp_path).run_name != settings.run_name
+
+
+@pytest.mark.parametrize(("world_size", "batch", "lr"), [(1, 4, 7.0711e-5), (2, 8, 1e-4), (4, 16, 1.4142e-4),
+                                                         (8, 32, 2e-4), (32, 128, 4e-4)])  # fmt: skip
+def test_the_global_batch_grows_with_the_world_and_the_rate_by_its_square_root(
+    params, tmp_path, world_size, batch, lr
+) -> None:
+    """params.yaml: 4 crops of 256 per rank and lr 1e-4 for a global batch of 8 (the table of docs/training.md)."""
+    sized = copy.deepcopy(params)
+    sized["train"]["ray"]["num_workers"] = world_size
+    assert global_batch(parse_params(sized).loader, world_size) == batch
+    settings = resolve(parse_params(sized), "l0130", root=tmp_path)
+    assert settings.optimisation.lr == pytest.approx(lr, rel=1e-4)
+    assert settings.optimisation.min_lr == params["train"]["min_lr"]  # the floor is not scaled
+    assert scaled_lr(1e-4, 4 * batch, batch) == pytest.approx(2e-4)
+
+
+def test_the_global_batch_counts_the_smallest_crop_of_the_mix(params) -> None:
+    large_only = copy.deepcopy(params)
+    large_only["loader"]["crop_mix"] = {256: 0.0, 512: 1.0}
+    assert global_batch(parse_params(large_only).loader, 2) == 2 * params["loader"]["batch_size"][512]
+
+
+def test_crop_schedule_follows_the_mix_and_depends_only_on_seed_and_epoch() -> None:
+    mix = {256: 0.8, 512: 0.2}
+    sizes = [side for epoch in range(100) for side in crop_sizes(mix, 100, seed=5, epoch=epoch)]
+    assert abs(Counter(sizes)[512] / len(sizes) - 0.2) < 0.02
+    assert crop_sizes(mix, 100, seed=5, epoch=3) == crop_sizes(mix, 100, seed=5, epoch=3)
+    assert crop_sizes(mix, 100, seed=5, epoch=3) != crop_sizes(mix, 100, seed=5, epoch=4)
+    assert crop_sizes(mix, 100, seed=5, epoch=3) != crop_sizes(mix, 100, seed=6, epoch=3)
+
+
+def test_crop_schedule_trains_the_smallest_crop_alone_until_the_mix_starts(params) -> None:
+    mix = {256: 0.5, 512: 0.5}
+    per_epoch = 7  # the boundary, global step 60, falls inside epoch 8 (steps 56-62)
+    run = [side for epoch in range(30) for side in crop_sizes(mix, per_epoch, seed=1, epoch=epoch, mix_from_step=60)]
+    assert set(run[:60]) == {256} and run[60] == crop_sizes(mix, per_epoch, seed=1, epoch=8)[4]
+    assert abs(Counter(run[60:])[512] / len(run[60:]) - 0.5) < 0.15
+    assert run[60:] == [side for epoch in range(30) for side in crop_sizes(mix, per_epoch, 1, epoch)][60:]
+
+    full = copy.deepcopy(params)
+    full["profile"] = "full"
+    assert mix_start_step(parse_params(full)) == 1_200_000  # 0.6 of 2 M steps: where MLIC++ moves to larger crops
+    assert mix_start_step(parse_params(params)) == 0  # the sample profile mixes from its first step
+    full["loader"]["crop_mix_from"]["full"] = 1.5
+    with pytest.raises(LicError, match=r"loader\.crop_mix_from\.full = 1\.5"):
+        parse_params(full)
 
 
 def test_checkpoint_round_trip_restores_weights_optimisers_and_step(tmp_path) -> None:

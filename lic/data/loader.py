@@ -2,9 +2,10 @@
 
 Every batch has one crop size (a batch is one tensor). Which size a step uses is drawn from `loader.crop_mix` by a
 generator seeded with (seed, epoch) only, so every rank uses the same size at the same step and DDP's collectives
-line up. The images are split between ranks: each crop size has its own pass over the images big enough for it,
-divided by a DistributedSampler, and starts another pass when one ends. An epoch has as many steps as it takes to
-show about one crop per training image on each rank.
+line up; before `loader.crop_mix_from` of the run every step uses the smallest (lic.train.schedule). The images
+are split between ranks: each crop size has its own pass over the images big enough for it, divided by a
+DistributedSampler, and starts another pass when one ends. An epoch has as many steps as it takes to show about one
+crop per training image on each rank.
 
 The images live in the shard set (`data/shards/`, lic.data.shards): `shards=` picks which train shards this rank
 reads (None: all, each pass then split between the ranks), so ranks of a multi-node run can read disjoint shards;
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lic.data.shards import TRAIN, ShardFiles
 from lic.errors import LicError
 from lic.params import Loader, Shards
+from lic.train.schedule import crop_sizes
 
 
 class CropSource(Protocol):
@@ -53,6 +55,7 @@ class TrainLoader:
         mix: dict[int, float],
         steps: int,
         *,
+        mix_from_step: int,
         device: torch.device,
         seed: int,
         rank: int,
@@ -60,7 +63,7 @@ class TrainLoader:
         augment: Callable[..., dict[str, Any]] | None,
     ) -> None:
         self.crop_sizes: tuple[int, ...] = tuple(sorted(sources))
-        self.sources, self.mix, self.steps = sources, mix, steps
+        self.sources, self.mix, self.steps, self.mix_from_step = sources, mix, steps, mix_from_step
         self.device, self.seed, self.rank = device, seed, rank
         self.flip, self.augment = flip, augment
 
@@ -70,7 +73,7 @@ class TrainLoader:
 
     def schedule(self, epoch: int) -> list[int]:
         """The crop size of each step of `epoch`."""
-        return crop_schedule(self.mix, self.steps, self.seed, epoch)
+        return crop_sizes(self.mix, self.steps, self.seed, epoch, self.mix_from_step)
 
     def epoch(self, epoch: int) -> Iterator[torch.Tensor]:
         """float32 B x 3 x S x S in [0, 1] on `device`; one crop size per batch; the size sequence is deterministic
@@ -106,14 +109,6 @@ class TrainLoader:
         return batch
 
 
-def crop_schedule(mix: dict[int, float], steps: int, seed: int, epoch: int) -> list[int]:
-    """The crop size of every step of an epoch: independent draws from `mix`, seeded by (seed, epoch) alone, so
-    every rank computes the same sequence and a resumed run repeats it."""
-    sides = sorted(mix)
-    draws = np.random.default_rng([seed, epoch]).choice(sides, size=steps, p=[mix[side] for side in sides])
-    return [int(side) for side in draws]
-
-
 def build_train_loader(
     config: Loader,
     shard_set: Shards,
@@ -123,9 +118,11 @@ def build_train_loader(
     device: str | torch.device = "cpu",
     seed: int = 0,
     shards: Sequence[int] | None = None,
+    mix_from_step: int = 0,
 ) -> TrainLoader:
     """The loader `config` describes over the train shards of `shard_set` (`shards`: which ones this rank reads,
-    None for all of them); `world_size > 1` needs torch.distributed initialised (with that size and this rank)."""
+    None for all of them; `mix_from_step`: the first step drawn from the crop mix, lic.train.schedule);
+    `world_size > 1` needs torch.distributed initialised (with that size and this rank)."""
     mix = config.crops
     batch_sizes = {side: config.batch_size[side] for side in mix}
     _check_ranks(rank, world_size, seed)
@@ -167,7 +164,17 @@ def build_train_loader(
     images_per_rank = math.ceil(int((short_sides >= smallest).sum()) / world_size)
     steps = max(1, round(images_per_rank / sum(mix[side] * batch_sizes[side] for side in mix)))
     augment = build_augment(config.augment, seed=seed, rank=rank)
-    return TrainLoader(sources, mix, steps, device=device, seed=seed, rank=rank, flip=config.flip, augment=augment)
+    return TrainLoader(
+        sources,
+        mix,
+        steps,
+        mix_from_step=mix_from_step,
+        device=device,
+        seed=seed,
+        rank=rank,
+        flip=config.flip,
+        augment=augment,
+    )
 
 
 def _chosen_shards(train: pa.Table, shards: Sequence[int] | None) -> np.ndarray:

@@ -25,3 +25,20 @@ def train(
     if key is None and lmbda is None:
         raise LicError("give --key (an entry of the lambdas table in params.yaml) or --lmbda")
     typer.echo(train_run(load_params(params), key=key, lmbda=lmbda, metric=metric))
+
+
+def publish_shards(
+    to: Annotated[str | None, typer.Option(help="Where to (default: LIC_SHARDS_REMOTE, else shards.remote).")] = None,
+    params: Annotated[Path, typer.Option("--params", help="The params file to read.")] = Path("params.yaml"),
+) -> None:
+    """Upload the shard folder (shards.dir) to object storage, for nodes that stage it (docs/training.md)."""
+    from lic.params import load_params
+    from lic.train.staging import publish
+
+    config = load_params(params).shards  # LIC_SHARDS_REMOTE already applied: lic.params.ENV_OVERRIDES
+    uri = to or config.remote
+    if not uri:
+        raise LicError("nowhere to publish: give --to, set LIC_SHARDS_REMOTE or shards.remote")
+    checksums = publish(Path(config.dir), uri)
+    size = sum(entry.bytes for entry in checksums.values())
+    typer.echo(f"published {len(checksums)} files ({size / 1e9:.2f} GB) of {config.dir} to {uri}")

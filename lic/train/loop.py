@@ -35,10 +35,12 @@ from torch.optim import Optimizer
 
 from lic.data.loader import TrainLoader, build_train_loader
 from lic.models import build
+from lic.params import Loader, Shards
 from lic.train.objective import RateDistortionLoss, make_optimizers
 from lic.train.resume import restore_checkpoint, write_checkpoint
 from lic.train.schedule import learning_rate
 from lic.train.settings import RunSettings
+from lic.train.staging import NodePlan, plan_and_stage, stage_dir
 from lic.train.tracking import Tracker
 from lic.train.validation import load_validation_images, validate
 
@@ -72,24 +74,24 @@ def train_worker(config: dict[str, Any]) -> None:
     ddp_model = prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
 
     # Data. A Ray worker has cpus_per_worker CPUs, so its loader decodes with that many threads (loader.workers
-    # is for one process), and FFCV sets torch's thread count to the same.
-    loader = build_train_loader(
-        settings.loader.model_copy(update={"workers": threads}),
-        settings.shards,
-        rank=rank,
-        world_size=world_size,
-        device=device,
-        seed=settings.seed,
-    )
-    batches = _batches_from(loader, start)
+    # is for one process), and FFCV sets torch's thread count to the same. With a published shard set, this node
+    # stages what its ranks read and everything is read from there (lic.train.staging); else from shards.dir.
+    loader_config = settings.loader.model_copy(update={"workers": threads})
+    shard_set, plan = settings.shards, None
+    if settings.shards.remote:
+        plan = _stage(settings, context.get_local_rank(), world_size)
+        shard_set = shard_set.model_copy(update={"dir": str(plan.directory)})
+    options = {"rank": rank, "world_size": world_size, "device": device, "seed": settings.seed}
+    loaders = EpochLoaders(loader_config, shard_set, plan, mix_from_step=settings.mix_from_step, **options)
+    batches = _batches_from(loaders, start)
 
     nodes = _node_of_each_rank(world_size)
     tracker, validation_images = None, []
     if lead:
         tracker = Tracker(settings, run_id, device, nodes)
-        validation_images = [image.to(device) for image in load_validation_images(settings.loader, settings.shards)]
+        validation_images = [image.to(device) for image in load_validation_images(loader_config, shard_set)]
         log.info("%s: steps %d -> %d on %d worker(s), %d per epoch", settings.run_name, start, opt.steps, world_size,
-                 len(loader))  # fmt: skip
+                 len(loaders))  # fmt: skip
 
     meter = Meter()
     step = start
@@ -175,13 +177,56 @@ def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: Optimizer, aux
         return restore_checkpoint(Path(directory), model, optimizer, aux_optimizer)
 
 
-def _batches_from(loader: TrainLoader, step: int) -> Iterator[Tensor]:
-    """Endless batches starting at `step`: epoch e holds steps e * len(loader) onwards, and an epoch's batches
+def _stage(settings: RunSettings, local_rank: int, world_size: int) -> NodePlan:
+    """Stage this node's part of the published shard set; every rank takes part (they agree on who reads what)."""
+
+    def gather(value: Any) -> list[Any]:
+        if world_size == 1:
+            return [value]
+        values: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    node = ray.get_runtime_context().get_node_id()
+    directory = stage_dir(settings.shards.stage_dir)
+    plan = plan_and_stage(settings.shards.remote, directory, world_size=world_size, node=node,
+                          local_rank=local_rank, seed=settings.seed, gather=gather)  # fmt: skip
+    report = plan.report
+    log.info("node %s staged %d file(s), %.2f GB in %.1f s, reused %d, in %s", node[:8], len(report.downloaded),
+             report.bytes_downloaded / 1e9, report.seconds, len(report.reused), plan.directory)  # fmt: skip
+    return plan
+
+
+class EpochLoaders:
+    """The loader of each epoch: over the rank's shards of that epoch when the node staged a plan (ranks of a node
+    trade shards between epochs), else over every shard, split by rank. A new loader only when the shards change;
+    every one has the same length (it is counted over the whole set)."""
+
+    def __init__(self, config: Loader, shard_set: Shards, plan: NodePlan | None, **options: Any) -> None:
+        self.config, self.shard_set, self.plan, self.options = config, shard_set, plan, options
+        self.shards: tuple[int, ...] | None = None
+        self.loader = self._build(0)
+
+    def _build(self, epoch: int) -> TrainLoader:
+        self.shards = tuple(self.plan.shards(epoch)) if self.plan else None
+        return build_train_loader(self.config, self.shard_set, shards=self.shards, **self.options)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def of(self, epoch: int) -> TrainLoader:
+        if self.plan and tuple(self.plan.shards(epoch)) != self.shards:
+            self.loader = self._build(epoch)
+        return self.loader
+
+
+def _batches_from(loaders: EpochLoaders, step: int) -> Iterator[Tensor]:
+    """Endless batches starting at `step`: epoch e holds steps e * len(loaders) onwards, and an epoch's batches
     depend only on (seed, epoch), so a resumed run sees the batches it would have seen (skipped ones are still
     decoded: a resume costs up to one epoch of loading)."""
-    epoch, skip = divmod(step, len(loader))
+    epoch, skip = divmod(step, len(loaders))
     while True:
-        yield from itertools.islice(loader.epoch(epoch), skip, None)
+        yield from itertools.islice(loaders.of(epoch).epoch(epoch), skip, None)
         epoch, skip = epoch + 1, 0
 
 

@@ -20,6 +20,7 @@ import yaml
 from lic.errors import LicError
 from lic.params import METRICS, Loader, Params, RayCluster, Shards
 from lic.registry.tracking import tracking_uri
+from lic.train.schedule import mix_start_step, scaled_lr, warmup_steps
 
 UNVERSIONED = "unversioned"
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -60,6 +61,7 @@ class RunSettings:
     tracking_uri: str
     experiment: str
     out_dir: str  # outputs/train/<key>: model.pt and metrics.json
+    mix_from_step: int  # the first step drawn from the crop mix (lic.train.schedule)
 
     def mlflow_params(self) -> dict[str, Any]:
         """What MLflow records as the run's parameters: the settings that shape the model, flattened."""
@@ -107,11 +109,12 @@ def resolve(
 
     if params.profile not in train.steps:
         raise LicError(f"train.steps = {dict(train.steps)}: no entry for profile {params.profile!r}")
+    steps = train.steps[params.profile]
     optimisation = Optimisation(
-        steps=train.steps[params.profile],
-        lr=train.lr,
+        steps=steps,
+        lr=scaled_lr(train.lr, global_batch(params.loader, train.ray.num_workers), train.lr_batch),
         aux_lr=train.aux_lr,
-        warmup_steps=train.warmup_steps,
+        warmup_steps=warmup_steps(train.warmup, steps),
         min_lr=train.min_lr,
         clip_norm=train.clip_norm,
         amp=train.amp,
@@ -121,7 +124,9 @@ def resolve(
         "model": train.model.model_dump(),
         "lmbda": lmbda,
         "metric": metric,
-        "optimisation": {k: v for k, v in asdict(optimisation).items() if k != "steps"},
+        # the budget and what scales with it (warm-up) stay out, so raising train.steps continues the run
+        "optimisation": {k: v for k, v in asdict(optimisation).items() if k not in ("steps", "warmup_steps")},
+        "warmup": train.warmup,
         "seed": train.seed,
         "world_size": train.ray.num_workers,
         "loader": params.loader.model_dump(exclude={"workers"}, mode="json"),  # threads: the cluster's
@@ -149,7 +154,14 @@ def resolve(
         tracking_uri=tracking_uri(root),
         experiment=train.experiment,
         out_dir=str(root / train.outputs / key),
+        mix_from_step=mix_start_step(params),
     )
+
+
+def global_batch(loader: Loader, world_size: int) -> int:
+    """Images per optimiser step over all ranks, counted in the mix's smallest crop size (the size a run starts
+    with): world size x that size's batch per rank. Larger crops have smaller batches of about as many pixels."""
+    return world_size * loader.batch_size[min(loader.crops)]
 
 
 def data_version(shards: str, root: Path) -> str:
