@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lic.errors import LicError
+from lic.errors import LicError, UsageError
 
 PARAMS_FILE = "params.yaml"
 METRICS = ("mse", "ms-ssim")  # distortion terms of the RD objective: lic.train.objective
@@ -43,6 +43,10 @@ class Section(BaseModel):
     """Every section: unknown keys are refused (a typo is an error, not a silently ignored knob), values frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ConfigError(UsageError):
+    """params.yaml (or an override) holds a value the pipeline cannot run with; nothing was attempted (exit 2)."""
 
 
 class RuleError(ValueError):
@@ -414,7 +418,7 @@ def parse_params(raw: Mapping[str, Any], origin: str = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise LicError(f"{origin}: {describe(err)}") from None
+        raise ConfigError(f"{origin}: {describe(err)}") from None
 
 
 def describe(err: ValidationError) -> str:

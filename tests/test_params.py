@@ -46,7 +46,7 @@ def test_a_bad_value_is_one_line_naming_key_value_and_what_is_allowed(key, value
 
 
 def test_environment_overrides_are_applied_and_validated_in_one_place() -> None:
-    assert set(ENV_OVERRIDES.values()) == {"train.storage_path", "train.ray.address"}
+    assert set(ENV_OVERRIDES.values()) == {"train.storage_path", "train.ray.address", "shards.remote"}
     uri = "s3://acme-lic/ray?endpoint_override=http://127.0.0.1:9000"
     params = load_params(ROOT / "params.yaml", env={"LIC_STORAGE_PATH": uri, "RAY_ADDRESS": "10.0.0.1:6379"})
     assert (params.train.storage_path, params.train.ray.address) == (uri, "10.0.0.1:6379")
