@@ -105,7 +105,7 @@ def test_ray_data_manifest_equals_the_single_process_rows_on_2k_images(tmp_path:
     assert by_member["images/00/0001.jpeg"]["license"] == "test"
     assert next(row["license"] for row in rows if row["member"] is None) == "public-domain"
     partitions = sorted(p.name for p in (tmp_path / "partitions" / SOURCE).iterdir())
-    assert partitions == [f"train-{n:05d}.parquet" for n in range(4)] + ["eval-loose-00000.parquet"]
+    assert partitions == ["eval-loose-00000.parquet"] + [f"train-{n:05d}.parquet" for n in range(4)]
 
 
 @pytest.mark.integration  # a manifest run with its own local Ray, killed with its whole process group
