@@ -168,9 +168,8 @@ def run_ranks(remote: Path, node_dirs: list[Path], nodes: list[str], seed: int =
 
     def rank(r: int) -> None:
         try:
-            local = nodes[:r].count(nodes[r])
             plans[r] = plan_and_stage(str(remote), node_dirs[r], world_size=len(nodes), node=nodes[r],
-                                      local_rank=local, seed=seed, gather=gather.for_rank(r))  # fmt: skip
+                                      rank=r, seed=seed, gather=gather.for_rank(r))  # fmt: skip
         except Exception as err:  # surfaced below: a thread's exception would vanish
             errors.append(err)
             gather.barrier.abort()

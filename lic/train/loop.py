@@ -79,7 +79,7 @@ def train_worker(config: dict[str, Any]) -> None:
     loader_config = settings.loader.model_copy(update={"workers": threads})
     shard_set, plan = settings.shards, None
     if settings.shards.remote:
-        plan = _stage(settings, context.get_local_rank(), world_size)
+        plan = _stage(settings, rank, world_size)
         shard_set = shard_set.model_copy(update={"dir": str(plan.directory)})
     options = {"rank": rank, "world_size": world_size, "device": device, "seed": settings.seed}
     loaders = EpochLoaders(loader_config, shard_set, plan, mix_from_step=settings.mix_from_step, **options)
@@ -177,7 +177,7 @@ def _restore(checkpoint: Checkpoint, model: nn.Module, optimizer: Optimizer, aux
         return restore_checkpoint(Path(directory), model, optimizer, aux_optimizer)
 
 
-def _stage(settings: RunSettings, local_rank: int, world_size: int) -> NodePlan:
+def _stage(settings: RunSettings, rank: int, world_size: int) -> NodePlan:
     """Stage this node's part of the published shard set; every rank takes part (they agree on who reads what)."""
 
     def gather(value: Any) -> list[Any]:
@@ -190,7 +190,7 @@ def _stage(settings: RunSettings, local_rank: int, world_size: int) -> NodePlan:
     node = ray.get_runtime_context().get_node_id()
     directory = stage_dir(settings.shards.stage_dir)
     plan = plan_and_stage(settings.shards.remote, directory, world_size=world_size, node=node,
-                          local_rank=local_rank, seed=settings.seed, gather=gather)  # fmt: skip
+                          rank=rank, seed=settings.seed, gather=gather)  # fmt: skip
     report = plan.report
     log.info("node %s staged %d file(s), %.2f GB in %.1f s, reused %d, in %s", node[:8], len(report.downloaded),
              report.bytes_downloaded / 1e9, report.seconds, len(report.reused), plan.directory)  # fmt: skip

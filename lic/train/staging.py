@@ -309,7 +309,7 @@ def plan_and_stage(
     *,
     world_size: int,
     node: str,
-    local_rank: int,
+    rank: int,
     seed: int,
     gather: Callable[[Any], list[Any]],
     workers: int = 8,
@@ -324,6 +324,9 @@ def plan_and_stage(
     group_files = [[train_shard_file(shard) for shard in group] for group in groups]
     staged = frozenset(name for files in group_files for name in files if stager.is_staged(name))
     everyone = gather((node, staged))
+    # This rank's place among its node's ranks, by node id: Ray's local rank groups by IP address, which two
+    # nodes on one host (or behind one NAT) share.
+    local_rank = [other for other, _ in everyone[:rank]].count(node)
     nodes = [NodeSlots(name, sum(1 for other, _ in everyone if other == name), held)
              for name, held in dict(everyone).items()]  # fmt: skip
     node_groups = assign_groups(nodes, group_files)[node]
