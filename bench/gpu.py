@@ -45,6 +45,7 @@ BF16_TOLERANCE = 0.05  # |loss_bf16 - loss_fp32| / loss_fp32 at each of the AGRE
 DECODE_TOLERANCE = 1e-4  # max |decoded - eval forward| in [0, 1] pixels (8-bit levels are 3.9e-3 apart)
 CODED_SIZE = (512, 768)  # height, width: a Kodak image
 LMBDA = 0.0130
+LR, AUX_LR = 1e-4, 1e-3  # params.yaml's train.lr and train.aux_lr (this script reads no params: torch only)
 
 
 def images(batch: int, side: int, seed: int, device: torch.device) -> Tensor:
@@ -62,7 +63,7 @@ def train_steps(
 ) -> tuple[list[float], float]:
     """`steps` training steps of the loop's shape (forward, RD loss in fp32, backward, clip, step, aux step);
     returns the losses and the wall time of all steps (the GPU waited for)."""
-    optimizer, aux_optimizer = make_optimizers(model)
+    optimizer, aux_optimizer = make_optimizers(model, LR, AUX_LR)
     criterion = RateDistortionLoss(lmbda=LMBDA)
     batches = [images(batch, side, seed + i, device) for i in range(steps)]
     losses = []

@@ -119,7 +119,7 @@ def test_optimizers_split_quantiles_from_the_network() -> None:
     from lic.train.objective import make_optimizers
 
     model = build("loclic", N=(8, 16, 32), M=64, slices=4)
-    main, aux = make_optimizers(model)
+    main, aux = make_optimizers(model, 1e-4, 1e-3)
     main_ids = {id(p) for g in main.param_groups for p in g["params"]}
     aux_ids = {id(p) for g in aux.param_groups for p in g["params"]}
     assert aux_ids == {id(model.entropy_bottleneck.quantiles)}

@@ -177,7 +177,7 @@ def test_crop_schedule_trains_the_smallest_crop_alone_until_the_mix_starts(param
 def test_checkpoint_round_trip_restores_weights_optimisers_and_step(tmp_path) -> None:
     torch.manual_seed(0)
     model = build("loclic", **TINY).train()
-    optimizer, aux_optimizer = make_optimizers(model)
+    optimizer, aux_optimizer = make_optimizers(model, 1e-4, 1e-3)
     x = torch.rand(1, 3, 64, 64)
     RateDistortionLoss(0.01)(model(x), x)["loss"].backward()
     optimizer.step()
@@ -187,7 +187,7 @@ def test_checkpoint_round_trip_restores_weights_optimisers_and_step(tmp_path) ->
 
     torch.manual_seed(1)
     again = build("loclic", **TINY).train()
-    optimizer2, aux_optimizer2 = make_optimizers(again)
+    optimizer2, aux_optimizer2 = make_optimizers(again, 1e-4, 1e-3)
     assert restore_checkpoint(tmp_path, again, optimizer2, aux_optimizer2) == 7
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -200,7 +200,7 @@ def test_checkpoint_round_trip_restores_weights_optimisers_and_step(tmp_path) ->
 
     with pytest.raises(LicError, match="not this run's"):
         other = build("loclic", N=[8, 8, 16], M=40, slices=4)
-        restore_checkpoint(tmp_path, other, *make_optimizers(other))
+        restore_checkpoint(tmp_path, other, *make_optimizers(other, 1e-4, 1e-3))
 
 
 def test_validation_pads_like_the_codec_and_measures_on_the_original_pixels() -> None:

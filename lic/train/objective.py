@@ -14,9 +14,8 @@ from torch import nn, optim
 __all__ = ["RateDistortionLoss", "make_optimizers"]
 
 
-def make_optimizers(
-    model: nn.Module, lr: float = 1e-4, aux_lr: float = 1e-3
-) -> tuple[optim.Optimizer, optim.Optimizer]:
-    """Adam for the network and Adam for the quantiles only; the two parameter sets are disjoint."""
+def make_optimizers(model: nn.Module, lr: float, aux_lr: float) -> tuple[optim.Optimizer, optim.Optimizer]:
+    """Adam for the network and Adam for the quantiles only (params: train.lr, train.aux_lr); the two parameter
+    sets are disjoint."""
     optimizers = net_aux_optimizer(model, {"net": {"type": "Adam", "lr": lr}, "aux": {"type": "Adam", "lr": aux_lr}})
     return optimizers["net"], optimizers["aux"]
