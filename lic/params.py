@@ -361,8 +361,6 @@ class Params(Section):
     def _sections_agree(self) -> Params:
         if self.profile not in self.data.profiles:
             raise RuleError("profile", self.profile, f"one of data.profiles ({', '.join(self.data.profiles)})")
-        if isinstance(self.shards.shard_size_mb, dict) and self.profile not in self.shards.shard_size_mb:
-            raise RuleError("shards.shard_size_mb", self.shards.shard_size_mb, f"an entry for profile {self.profile!r}")
         unshardable = sorted(set(self.loader.crops) - set(self.shards.crop_sizes))
         if unshardable:
             raise RuleError(

@@ -67,9 +67,8 @@ def test_every_bad_kind_is_converted_or_skipped_with_its_reason(tmp_path: Path) 
     for command in (["fetch", "bad"], ["manifest", "bad"], ["dedupe"]):
         run(lic + command, tmp_path)  # every stage succeeds
 
-    rows = {
-        Path(row["path"]).name: row for row in pq.read_table(tmp_path / "data/manifests/merged.parquet").to_pylist()
-    }
+    merged = pq.read_table(tmp_path / "data/manifests/merged.parquet").to_pylist()
+    rows = {Path(row["member"] or row["path"]).name: row for row in merged}  # training images are tar members
     assert set(rows) == set(EXPECTED)
     for name, (status, note) in EXPECTED.items():
         assert rows[name]["status"].startswith(status), (name, rows[name]["status"])
@@ -87,6 +86,6 @@ def test_every_bad_kind_is_converted_or_skipped_with_its_reason(tmp_path: Path) 
     for name, (status, note) in EXPECTED.items():
         reason = status.removeprefix("skipped: ") if status != "ok" else note
         if reason:
-            assert f"data/raw/bad/train/{name} | {reason}" in report, name
+            assert f"data/raw/bad/train-00000.tar/{name} | {reason}" in report, name
     train = pq.read_table(tmp_path / "data/manifests/train.parquet").to_pylist()
-    assert sorted(Path(row["path"]).name for row in train) == sorted(n for n, (s, _) in EXPECTED.items() if s == "ok")
+    assert sorted(Path(row["member"]).name for row in train) == sorted(n for n, (s, _) in EXPECTED.items() if s == "ok")

@@ -75,30 +75,38 @@ def deduped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return root, data["paths"]
 
 
+SHARD = "train-00000.tar"  # fetch packs each training source into tar shards; evaluation images stay files
+
+
+def _where(row: dict) -> str:
+    """A row's location as dedupe names it: the tar shard and the member, or the loose file."""
+    return f"{row['path']}/{row['member']}" if row["member"] else row["path"]
+
+
 def _rows(paths: dict) -> dict[str, dict]:
     raw = paths["raw"] + "/"
-    return {row["path"].removeprefix(raw): row for row in pq.read_table(paths["merged"]).to_pylist()}
+    return {_where(row).removeprefix(raw): row for row in pq.read_table(paths["merged"]).to_pylist()}
 
 
 def test_planted_duplicates_and_leaks_are_removed_with_their_original(deduped: tuple[Path, dict]) -> None:
     _, paths = deduped
     rows = _rows(paths)
     raw = paths["raw"] + "/"
-    expected = {f"b/train/{name}": (kind, original) for name, (kind, original, _) in _planted().items()}
-    expected["a/train/camera_copy.png"] = ("exact duplicate", "a/camera.png")
+    expected = {f"b/{SHARD}/{name}": (kind, original) for name, (kind, original, _) in _planted().items()}
+    expected[f"a/{SHARD}/camera_copy.png"] = ("exact duplicate", "a/camera.png")
     removed = {path: row for path, row in rows.items() if row["dedup"] not in (None, "kept")}
     assert set(removed) == set(expected)
     for path, (kind, original) in expected.items():
         source, name = original.split("/")
-        original_path = f"{source}/{'eval' if source == 'eval' else 'train'}/{name}"
+        original_path = f"{source}/{'eval' if source == 'eval' else SHARD}/{name}"
         assert (removed[path]["dedup"], removed[path]["duplicate_of"].removeprefix(raw)) == (kind, original_path)
-    assert rows["a/train/camera_copy.png"]["distance"] == 0
+    assert rows[f"a/{SHARD}/camera_copy.png"]["distance"] == 0
 
 
 def test_distinct_images_are_all_kept(deduped: tuple[Path, dict]) -> None:
     _, paths = deduped
     train = pq.read_table(paths["train"]).to_pylist()
-    assert sorted(Path(row["path"]).name for row in train) == sorted(DISTINCT)
+    assert sorted(Path(_where(row)).name for row in train) == sorted(DISTINCT)
     assert all(row["dedup"] == "kept" and row["split"] == "train" for row in train)
     assert sorted(Path(row["path"]).name for row in pq.read_table(paths["eval"]).to_pylist()) == EVAL
 
@@ -114,4 +122,4 @@ def test_report_counts_pairs_and_leakage_hits(deduped: tuple[Path, dict]) -> Non
     report = Path(paths["report"]).read_text()
     assert "## Duplicates removed from training (6)" in report
     assert "## Leakage: training images matching an evaluation image (2)" in report
-    assert "b/train/chelsea_small.jpg" in report
+    assert f"b/{SHARD}/chelsea_small.jpg" in report

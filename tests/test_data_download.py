@@ -225,7 +225,7 @@ def test_the_disk_preflight_refuses_a_source_larger_than_the_free_space(tmp_path
         # 2 x 300 kB of downloads + 600 kB of files do not fit at once; one download at a time does
         in_turn = fetch_in_tmpfs("/a.png", "/b.png")
         overflow = fetch_in_tmpfs("/dense.tar.gz")
-    assert refused.returncode == 2, refused.stderr
+    assert refused.returncode == 1, refused.stderr
     message = refused.stderr.strip()
     assert message.count("\n") == 0 and message.startswith("error: web: needs 5.7 MiB")
     assert "only 1.0 MiB is free" in message
@@ -233,7 +233,7 @@ def test_the_disk_preflight_refuses_a_source_larger_than_the_free_space(tmp_path
     assert in_turn.returncode == 0, in_turn.stderr
     assert "one at a time" in in_turn.stderr
     assert served.requests[1:3] == [("/a.png", None), ("/b.png", None)]
-    assert overflow.returncode == 2, overflow.stderr  # the disk filled while packing: one line, no traceback
+    assert overflow.returncode == 1, overflow.stderr  # the disk filled while packing: one line, no traceback
     assert overflow.stderr.strip().splitlines()[-1].endswith("cannot write the raw data (No space left on device)")
     assert "Traceback" not in overflow.stderr
 

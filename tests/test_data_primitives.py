@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lic.data import archive
+from lic.data.layout import Placement
 from lic.data.neighbours import Hashes, SearchPlan, codes, near_pairs
 from lic.data.sources.vimeo import frame_names
 from lic.errors import LicError
 from lic.io.atomic import staged_directory
+from tests.data_support import archive_limits
 
 
 def test_a_failed_fetch_keeps_the_previous_tree_and_leaves_no_staging(tmp_path: Path) -> None:
@@ -34,12 +35,14 @@ def test_extraction_refuses_members_outside_the_destination(tmp_path: Path) -> N
         info.size = 3
         tf.addfile(info, io.BytesIO(b"bad"))
     (tmp_path / "evil.tar").write_bytes(buffer.getvalue())
+    place = Placement(tmp_path / "out", 2**20, archive_limits())
     with pytest.raises(LicError, match="outside"):
-        archive.extract(archive.members(tmp_path / "evil.tar"), tmp_path / "out", lambda name: name)
+        place.add_archive("eval", tmp_path / "evil.tar", lambda name: name)
     assert not (tmp_path.parent / "escape.png").exists()
 
 
 THRESHOLD = 8
+EXACT = SearchPlan(exact_max=10**9, nlist=0, nprobe=1)  # the exact index at any size
 
 
 def _planted_hashes(rng: np.random.Generator, count: int, planted: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +83,7 @@ def _found(i: np.ndarray, j: np.ndarray, d: np.ndarray) -> dict[tuple[int, int],
 
 def test_faiss_range_search_returns_exactly_the_brute_force_pairs_on_20k_hashes() -> None:
     full, zoom = _planted_hashes(np.random.default_rng(1), 20_000, planted=400)
-    i, j, d = near_pairs(Hashes(full, (zoom,)), None, THRESHOLD)
+    i, j, d = near_pairs(Hashes(full, (zoom,)), None, THRESHOLD, EXACT)
     found = _found(i, j, d)
     expected = _brute_force([full, zoom], [full, zoom], within=True)
     assert found == expected
@@ -89,7 +92,7 @@ def test_faiss_range_search_returns_exactly_the_brute_force_pairs_on_20k_hashes(
 
     evaluation = full[::200] ^ np.uint8(1)  # 100 evaluation images one bit off training images
     eval_zoom = zoom[::200]
-    i, j, d = near_pairs(Hashes(full, (zoom,)), Hashes(evaluation, (eval_zoom,)), THRESHOLD)
+    i, j, d = near_pairs(Hashes(full, (zoom,)), Hashes(evaluation, (eval_zoom,)), THRESHOLD, EXACT)
     assert _found(i, j, d) == _brute_force([full, zoom], [evaluation, eval_zoom], within=False)
 
 
@@ -97,8 +100,10 @@ def test_the_approximate_index_finds_only_true_pairs_and_nearly_all_of_them() ->
     """Beyond exact_max the search is IVF: a pair it returns is a true pair (the codes are compared exactly, though
     the closest pair of an image's hashes may be missed), and it misses few (docs/benchmarks.md measures recall)."""
     full, zoom = _planted_hashes(np.random.default_rng(2), 20_000, planted=400)
-    exact = _found(*near_pairs(Hashes(full, (zoom,)), None, THRESHOLD))
-    approximate = _found(*near_pairs(Hashes(full, (zoom,)), None, THRESHOLD, SearchPlan(exact_max=0, nprobe=16)))
+    exact = _found(*near_pairs(Hashes(full, (zoom,)), None, THRESHOLD, EXACT))
+    approximate = _found(
+        *near_pairs(Hashes(full, (zoom,)), None, THRESHOLD, SearchPlan(exact_max=0, nlist=0, nprobe=16))
+    )
     assert approximate.keys() <= exact.keys()
     assert all(distance >= exact[pair] for pair, distance in approximate.items())  # maybe not its closest hashes
     assert len(approximate) >= 0.9 * len(exact)

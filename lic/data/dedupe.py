@@ -52,7 +52,7 @@ def run_dedupe(params: Params) -> dict[str, Any]:
 
 
 def decide(
-    table: pa.Table, sources: list[str], near_threshold: int, leakage_threshold: int, plan: SearchPlan | None = None
+    table: pa.Table, sources: list[str], near_threshold: int, leakage_threshold: int, plan: SearchPlan
 ) -> pa.Table:
     """`table` with the dedup, duplicate_of and distance columns filled in for usable training images.
 
@@ -99,8 +99,8 @@ def decide(
         p, q, d = near_pairs(_hashes(table, remaining), None, near_threshold, plan)
         order = np.lexsort((p, d, q))  # per later image: its neighbours, closest first
         p, q, d = p[order], q[order], d[order]
-        starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if len(q) else np.zeros(0, dtype=np.int64)
-        for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(q)], strict=True):
+        starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]).tolist() if len(q) else []  # no pairs: no groups
+        for start, end in zip(starts, [*starts[1:], len(q)][: len(starts)], strict=True):
             alive = np.flatnonzero(kept[p[start:end]])
             if len(alive):
                 k = start + int(alive[0])

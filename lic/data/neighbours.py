@@ -80,11 +80,10 @@ class SearchPlan:
 
 
 def near_pairs(
-    a: Hashes, b: Hashes | None, threshold: int, plan: SearchPlan | None = None
+    a: Hashes, b: Hashes | None, threshold: int, plan: SearchPlan
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, distance) for every pair within `threshold`: i in `a`, j in `b`; with `b` None, pairs i < j in `a`.
     Sorted by (i, j); each pair once, with its smallest distance over the hash combinations."""
-    plan = plan or SearchPlan()
     within = b is None
     b = a if within else b
     if not len(a) or not len(b):

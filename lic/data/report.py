@@ -66,15 +66,15 @@ def summary_table(values: dict[str, Any]) -> str:
 
 
 def markdown(merged: pa.Table, values: dict[str, Any], profile: str, thresholds: dict[str, Any]) -> str:
-    rows = merged.to_pylist()
-    skipped = [[r["path"], r["status"].removeprefix("skipped: ")] for r in rows if r["status"] != "ok"]
-    converted = [[r["path"], r["note"]] for r in rows if r["status"] == "ok" and r["note"]]
+    rows = [{**r, "where": f"{r['path']}/{r['member']}" if r["member"] else r["path"]} for r in merged.to_pylist()]
+    skipped = [[r["where"], r["status"].removeprefix("skipped: ")] for r in rows if r["status"] != "ok"]
+    converted = [[r["where"], r["note"]] for r in rows if r["status"] == "ok" and r["note"]]
     duplicates = [
-        [r["path"], r["duplicate_of"], r["dedup"], r["distance"]]
+        [r["where"], r["duplicate_of"], r["dedup"], r["distance"]]
         for r in rows
         if r["dedup"] in ("exact duplicate", "near duplicate")
     ]
-    leaks = [[r["path"], r["duplicate_of"], r["distance"]] for r in rows if r["dedup"] == "leakage"]
+    leaks = [[r["where"], r["duplicate_of"], r["distance"]] for r in rows if r["dedup"] == "leakage"]
     parts = [
         f"# Datasets report: profile `{profile}`",
         f"Near duplicates: perceptual hashes within {thresholds['near_threshold']} bits; leakage: a training "

@@ -68,9 +68,13 @@ class ShardFiles:
 
 
 def shard_size_bytes(config: Shards, profile: str) -> int:
-    """shards.shard_size_mb (one size, or the active profile's: lic.params checks it has one), in bytes."""
+    """shards.shard_size_mb (one size, or the active profile's), in bytes."""
     size = config.shard_size_mb
-    return int((size[profile] if isinstance(size, dict) else size) * 2**20)
+    if isinstance(size, dict):
+        if profile not in size:
+            raise LicError(f"shards.shard_size_mb = {dict(size)}: no size for profile {profile!r}")
+        size = size[profile]
+    return int(size * 2**20)
 
 
 def split_validation(table: pa.Table, count: int) -> tuple[pa.Table, pa.Table]:
