@@ -16,7 +16,7 @@ from compressai.zoo.image import model_architectures
 from lic import codec
 from lic.checkpoint import load_checkpoint, read_checkpoint
 from lic.eval.evaluate import evaluate_checkpoint
-from lic.models import LoCLIC
+from lic.models import LoCLIC, build
 from lic.models.loclic import config_from_state_dict
 from tests import eval_support
 from tests.eval_support import eval_images, eval_manifest, tiny_checkpoint
@@ -43,7 +43,7 @@ def test_from_state_dict_rebuilds_the_config_from_weights_or_checkpoint(tmp_path
         assert rebuilt.config == {"N": [8, 8, 16], "M": 40, "slices": 2}
         expected = loaded.state_dict()
         assert all(torch.equal(value, expected[key]) for key, value in rebuilt.state_dict().items())
-    assert config_from_state_dict(LoCLIC().state_dict()) == {"N": [32, 64, 128], "M": 320, "slices": 10}
+    assert config_from_state_dict(build("loclic").state_dict()) == {"N": [32, 64, 128], "M": 320, "slices": 10}
     with pytest.raises(ValueError, match="not a LoC-LIC state dict"):
         config_from_state_dict({"conv.weight": torch.zeros(1)})
 

@@ -23,7 +23,7 @@ from lic.eval.evalset import load_eval_set
 from lic.eval.evaluate import evaluate_checkpoint
 from lic.eval.metrics import ms_ssim, psnr
 from lic.eval.reference import reference_points
-from lic.params import parse_params
+from lic.params import Anchor, parse_params
 from tests.data_support import ROOT, dvc_project, photo, project_params, run, write_params
 from tests.eval_support import EVAL_CROPS, eval_images, eval_manifest, tiny_checkpoint
 
@@ -90,7 +90,7 @@ def test_quality_metrics_on_known_images() -> None:
 
 def test_anchors_are_real_files_and_cover_rates(manifest) -> None:
     images = load_eval_set(manifest)
-    rows = measure_anchors(images, {"jpeg": {"qualities": [10, 90]}, "webp": {"qualities": [10, 90]}})
+    rows = measure_anchors(images, dict.fromkeys(("jpeg", "webp"), Anchor(qualities=[10, 90], options={})))
     table = pd.DataFrame([row.__dict__ for row in rows])
     assert len(table) == 2 * 2 * len(images)
     encode, _ = pillow_codec("jpeg", 10, {})

@@ -41,7 +41,7 @@ from lic.eval.evalset import load_eval_set
 from lic.eval.evaluate import evaluate_checkpoint
 from lic.eval.measure import to_frame
 from lic.io.checksums import file_digest
-from lic.params import load_params, parse_params
+from lic.params import Anchor, load_params, parse_params
 from lic.registry import fetch_checkpoint, pull, register_checkpoint
 from lic.registry.promotion import QualityFloor
 from lic.registry.register import register_lambdas
@@ -296,7 +296,7 @@ def test_a_planted_pickle_runs_nothing_when_the_model_loads(servers, registered,
 
 
 # The quality floor: JPEG measured for real on the evaluation images, as the anchors stage does.
-JPEG = {"jpeg": {"qualities": [5, 20, 50, 80, 95], "options": {"optimize": True}}}
+JPEG = {"jpeg": Anchor(qualities=[5, 20, 50, 80, 95], options={"optimize": True})}
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,7 @@ class LoCLIC(CompressionModel):
             config, state_dict = state_dict["config"], state_dict["state_dict"]
         else:
             config = config_from_state_dict(state_dict)
-        model = cls(**config)
+        model = cls(**LoCLICConfig.model_validate(config).model_dump())  # a checkpoint's config omits defaults
         model.load_state_dict(state_dict)
         return model
 
