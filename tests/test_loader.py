@@ -244,7 +244,7 @@ def test_two_gloo_ranks_split_every_pass_and_together_cover_it(tmp_path: Path) -
         for rank in range(2)
     ]
     assert [rank.wait(timeout=280) for rank in ranks] == [0, 0]
-    results = [json.loads((tmp_path / str(rank)).read_text()) for rank in range(2)]
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
     assert results[0]["steps"] == results[1]["steps"] == 4
     training = set(range(len(SIZES))) - held_out(shards)
     for epoch in range(2):
