@@ -122,8 +122,9 @@ class GlobalIntraContext(nn.Module):
         q = self.query(previous_slice * (1 - anchors)).flatten(2)[..., ~is_anchor]
         k = self.key(previous_slice * anchors).flatten(2)[..., is_anchor]
         v = self.value(current_anchors).flatten(2)[..., is_anchor]
-        out = previous_slice.new_zeros(b, c, h * w)
-        out[..., ~is_anchor] = efficient_attention(q, k, v, self.heads)
+        attended = efficient_attention(q, k, v, self.heads)
+        out = attended.new_zeros(b, c, h * w)  # attended's dtype: bfloat16 under autocast, float32 otherwise
+        out[..., ~is_anchor] = attended
         out = self.reprojection(out.view(b, c, h, w))
         return out + self.mlp(out)
 
