@@ -47,6 +47,10 @@ OutputOption = typer.Option(
 OutDirOption = typer.Option(
     "--out-dir", metavar="FOLDER", help="Write outputs into this folder (default: beside each input)."
 )
+LicInputs = Annotated[
+    list[str],
+    typer.Argument(metavar="LIC", help=".lic files, folders, glob patterns, or - (stdin).", show_default=False),
+]
 ForceOption = typer.Option("--force", "-f", help="Replace outputs that already exist.")
 MaxPixelsOption = typer.Option(
     "--max-pixels",
@@ -94,10 +98,7 @@ def compress(
 
 
 def decompress(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(metavar="LIC", help=".lic files, folders, glob patterns, or - (stdin).", show_default=False),
-    ],
+    inputs: LicInputs,
     model: Annotated[str | None, ModelOption] = None,
     output: Annotated[Path | None, OutputOption] = None,
     out_dir: Annotated[Path | None, OutDirOption] = None,
@@ -137,10 +138,7 @@ def decompress(
 
 
 def info(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(metavar="LIC", help=".lic files, folders, glob patterns, or - (stdin).", show_default=False),
-    ],
+    inputs: LicInputs,
     json_out: Annotated[bool, typer.Option("--json", help="Print the headers as JSON.")] = False,
 ) -> None:
     """Print what a .lic file says about itself: model, image size, colour mode, bytes, bpp."""

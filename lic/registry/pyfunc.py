@@ -159,25 +159,11 @@ class CodecModel(PythonModel):
         return pd.DataFrame(rows, columns=[spec.name for spec in SIGNATURE.outputs.inputs])
 
     def _compress(self, data: bytes) -> dict[str, Any]:
-        image = open_upright(data)
-        bitstream = encode(image, self.model)
-        return {
-            "bitstream": bitstream,
-            "bpp": bits_per_pixel(len(bitstream), image.height, image.width),
-            "height": image.height,
-            "width": image.width,
-            "reconstruction": png(decode(bitstream, self.model)),
-        }
+        bitstream = encode(open_upright(data), self.model)
+        return _row(bitstream, decode(bitstream, self.model), returned=bitstream)
 
     def _decompress(self, bitstream: bytes) -> dict[str, Any]:
-        image = decode(bitstream, self.model)
-        return {
-            "bitstream": None,
-            "bpp": bits_per_pixel(len(bitstream), image.height, image.width),
-            "height": image.height,
-            "width": image.width,
-            "reconstruction": png(image),
-        }
+        return _row(bitstream, decode(bitstream, self.model), returned=None)
 
 
 def open_upright(data: bytes) -> Image.Image:
@@ -209,3 +195,14 @@ def _empty(value: Any) -> bool:
 
 def _bad_request(row: int, message: str) -> MlflowException:
     return MlflowException(f"row {row}: {message}", error_code=INVALID_PARAMETER_VALUE)
+
+
+def _row(bitstream: bytes, image: Image.Image, returned: bytes | None) -> dict[str, Any]:
+    """One output row: the bitstream when one was made, its rate, and the decoded image as PNG."""
+    return {
+        "bitstream": returned,
+        "bpp": bits_per_pixel(len(bitstream), image.height, image.width),
+        "height": image.height,
+        "width": image.width,
+        "reconstruction": png(image),
+    }
