@@ -289,6 +289,31 @@ def test_jobs_run_files_in_separate_processes_and_report_each_outcome(tmp_path) 
     assert {outcome.size for outcome in serial.values() if outcome.error is None} == {os.getpid()}
 
 
+FORKED_AFTER_THREADS = """
+from pathlib import Path
+import torch
+from lic.codec.cli import _outcomes
+
+torch.set_num_threads(2)
+torch.ones(4_000_000).mul_(3)  # the parent has run an operation on its OpenMP thread pool, as loading a model does
+
+def work(source: Path, target: Path) -> tuple[int, float]:
+    return int(torch.ones(3, 768, 512).div(255).sum() > 0), 0.0  # big enough for a parallel region
+
+jobs = [(Path(name), Path(name + ".out")) for name in "ab"]
+print(sorted(outcome.size for _, outcome in _outcomes(jobs, work, 2)))
+"""
+
+
+def test_jobs_workers_forked_after_the_parent_used_threads_do_not_hang() -> None:
+    """A pool of OpenMP threads does not survive fork: a worker that enters a parallel region on the parent's pool
+    waits forever (`lic compress -j 2` hung so on 768x512 photos). Workers run on one thread."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_AFTER_THREADS], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == ["[1,", "1]"]
+
+
 def test_jobs_give_the_same_bytes_and_pixels_as_one_job(capsys, checkpoint, tmp_path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -55,7 +55,8 @@ def test_compressai_eval_model_gives_lic_evaluates_numbers(tmp_path, monkeypatch
     manifest = eval_manifest(images)
     manifest = manifest.rename(tmp_path / manifest.name)  # eval_model reads every image file in the folder
     checkpoint = tiny_checkpoint(tmp_path / "model.pt")
-    results = evaluate_checkpoint(checkpoint, manifest, tmp_path / "lic-evaluate", complexity_size=64)  # what `lic evaluate` runs
+    # what `lic evaluate` runs
+    results = evaluate_checkpoint(checkpoint, manifest, tmp_path / "lic-evaluate", complexity_size=64)
     ours = results["datasets"]["sample"]
 
     done = subprocess.run(

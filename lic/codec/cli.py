@@ -328,9 +328,18 @@ def _attempt(one: Work, source: Path, target: Path) -> _Outcome:
 
 
 def _one_core() -> None:
-    """Its siblings use the other cores: compute each convolution's halves one after the other."""
+    """Its siblings use the other cores: one torch thread, and each convolution's halves one after the other.
+
+    One thread is also what makes a forked worker safe: the parent's OpenMP thread pool (created by any torch
+    operation it ran on several threads, e.g. loading the model) does not survive fork, and a child that enters
+    a parallel region on it waits forever (measured: `lic compress -j 2` on 768x512 photos hung in to_tensor).
+    Coding itself runs on lic.codec.determinism's pinned thread count either way, so the bytes do not change.
+    """
+    import torch
+
     from lic.models.halves import run_halves_concurrently
 
+    torch.set_num_threads(1)
     run_halves_concurrently(False)
 
 
