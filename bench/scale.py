@@ -33,6 +33,7 @@ import psutil
 import pyarrow.parquet as pq
 from PIL import Image
 
+from lic.data.schemas import location
 from lic.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,8 +244,8 @@ def run_stages(images: int, work: Path) -> dict[str, Any]:
 
 def _quality(params: Params, planted: dict[str, set[str]]) -> dict[str, Any]:
     """Recall and precision of the planted near copies and leaks; the exact copies found."""
-    rows = pq.read_table(params.data.paths.merged, columns=["path", "member", "dedup"]).to_pylist()
-    verdict = {f"{row['path']}/{row['member']}" if row["member"] else row["path"]: row["dedup"] for row in rows}
+    merged = pq.read_table(params.data.paths.merged, columns=["path", "member", "dedup"])
+    verdict = dict(zip(location(merged).to_pylist(), merged["dedup"].to_pylist(), strict=True))
     perceptual = {where for where in planted["near"] | planted["leak"] if verdict.get(where) is not None}
     flagged = {where for where, kind in verdict.items() if kind in ("near duplicate", "leakage")}
     found = perceptual & {where for where, kind in verdict.items() if kind not in (None, "kept")}

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from lic.data import report
 from lic.data.manifest import manifest_path
 from lic.data.neighbours import Hashes, SearchPlan, near_pairs
-from lic.data.schemas import MERGED_SCHEMA, SCHEMA, read_table, write_table
+from lic.data.schemas import MERGED_SCHEMA, SCHEMA, location, read_table, write_table
 from lic.io.atomic import write_text
 from lic.io.progress import say
 from lic.params import Params
@@ -100,7 +100,8 @@ def decide(
         order = np.lexsort((p, d, q))  # per later image: its neighbours, closest first
         p, q, d = p[order], q[order], d[order]
         starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]).tolist() if len(q) else []  # no pairs: no groups
-        for start, end in zip(starts, [*starts[1:], len(q)][: len(starts)], strict=True):
+        ends = [*starts[1:], len(q)] if starts else []
+        for start, end in zip(starts, ends, strict=True):
             alive = np.flatnonzero(kept[p[start:end]])
             if len(alive):
                 k = start + int(alive[0])
@@ -108,13 +109,10 @@ def decide(
                 _set(kind, other, distance, remaining[q[k] : q[k] + 1], NEAR, remaining[p[k]], d[k])
     kind[remaining[kept]] = KEPT
 
-    location = pc.if_else(
-        pc.is_null(table["member"]), table["path"], pc.binary_join_element_wise(table["path"], table["member"], "/")
-    )
     say(f"dedupe: {int(kept.sum())} of {len(train)} usable training images kept")
     columns = {
         "dedup": pa.array(kind, pa.string()),
-        "duplicate_of": pc.take(location, pa.array(other, mask=other < 0)),
+        "duplicate_of": pc.take(location(table), pa.array(other, mask=other < 0)),
         "distance": pa.array(distance, pa.int32(), mask=distance < 0),
     }
     for name, column in columns.items():

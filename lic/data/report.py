@@ -12,6 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from lic.data.schemas import location
+
 MAX_ROWS = 1000  # per listing; a full-corpus run can skip tens of thousands of files
 COUNTS = (
     ("files", "files"),
@@ -66,7 +68,7 @@ def summary_table(values: dict[str, Any]) -> str:
 
 
 def markdown(merged: pa.Table, values: dict[str, Any], profile: str, thresholds: dict[str, Any]) -> str:
-    rows = [{**r, "where": f"{r['path']}/{r['member']}" if r["member"] else r["path"]} for r in merged.to_pylist()]
+    rows = merged.append_column("where", location(merged)).to_pylist()
     skipped = [[r["where"], r["status"].removeprefix("skipped: ")] for r in rows if r["status"] != "ok"]
     converted = [[r["where"], r["note"]] for r in rows if r["status"] == "ok" and r["note"]]
     duplicates = [

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lic.errors import LicError
@@ -71,6 +72,12 @@ def write_table(table: pa.Table, path: Path | str) -> None:
     """Write Parquet atomically: a later stage never reads a half-written table."""
     with atomic_path(Path(path)) as tmp:
         pq.write_table(table, tmp)
+
+
+def location(table: pa.Table) -> pa.Array:
+    """Where each image is, as reports and duplicate_of name it: its file, or `<tar shard>/<member>`."""
+    joined = pc.binary_join_element_wise(table["path"], table["member"], "/")
+    return pc.if_else(pc.is_null(table["member"]), table["path"], joined)
 
 
 def read_table(path: Path | str, schema: pa.Schema, produced_by: str = "dvc repro") -> pa.Table:
