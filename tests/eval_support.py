@@ -18,12 +18,13 @@ from tests.data_support import photo
 EVAL_CROPS = {"astronaut.png": (0, 0, 256, 192), "chelsea.png": (100, 50, 300, 250)}
 
 
-def tiny_model(seed: int = 0, constant_output: float | None = None):
-    """A small LoC-LIC (N 8/8/16, M 40, two slices) with random weights, its latent scaled up so the y stream is
-    not empty. `constant_output` makes the synthesis return that grey level everywhere (the encoder and the
-    bitstream stay the same): models of known relative quality for the promotion gate."""
+def tiny_model(seed: int = 0, constant_output: float | None = None, name: str = "loclic"):
+    """A small LoC-LIC (N 8/8/16, M 40, two slices; `name` mlicpp: the same network under MLIC++'s name) with random
+    weights, its latent scaled up so the y stream is not empty. `constant_output` makes the synthesis return that
+    grey level everywhere (the encoder and the bitstream stay the same): models of known relative quality for the
+    promotion gate."""
     torch.manual_seed(seed)
-    model = build("loclic", N=[8, 8, 16], M=40, slices=2).eval()
+    model = build(name, N=[8, 8, 16], M=40, slices=2).eval()
     with torch.no_grad():
         model.g_a[-1].weight.mul_(20)
         if constant_output is not None:
@@ -32,9 +33,11 @@ def tiny_model(seed: int = 0, constant_output: float | None = None):
     return model
 
 
-def tiny_checkpoint(path: Path, seed: int = 0, constant_output: float | None = None, **metadata) -> Path:
+def tiny_checkpoint(
+    path: Path, seed: int = 0, constant_output: float | None = None, name: str = "loclic", **metadata
+) -> Path:
     metadata = {"lmbda": 0.013, "metric": "mse", "step": 1, **metadata}
-    return save_checkpoint(path, tiny_model(seed, constant_output), **metadata)
+    return save_checkpoint(path, tiny_model(seed, constant_output, name), **metadata)
 
 
 def eval_manifest(directory: Path, dataset: str = "sample") -> Path:

@@ -143,18 +143,29 @@ def anchors(manifest, tmp_path_factory):
     return run_anchors(parse_params(params))
 
 
+@pytest.fixture(scope="module")
+def peer(manifest, tmp_path_factory):
+    """A checkpoint of another architecture (an MLIC++, as `lic import` writes one) evaluated by `lic evaluate`."""
+    checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "mlicpp.pt", seed=2, name="mlicpp", lmbda=0.0035)
+    out = tmp_path_factory.mktemp("eval") / "mlicpp-mse-0.0035"
+    evaluate_checkpoint(checkpoint, manifest, out, complexity_size=64)
+    return out
+
+
 ANCHORS = ("jpeg", "webp", "avif")
 
 
-def test_dvc_runs_the_report_stage_and_shows_metrics_and_plots(evaluated, second, anchors, tmp_path) -> None:
-    """The report stage of dvc.yaml, run by `dvc repro` in a temporary repository on real evaluations."""
+def test_dvc_runs_the_report_stage_and_shows_metrics_and_plots(evaluated, second, peer, anchors, tmp_path) -> None:
+    """The report stage of dvc.yaml, run by `dvc repro` in a temporary repository on real evaluations, with an
+    MLIC++ checkpoint as a peer."""
     project = dvc_project(tmp_path / "project")
     shutil.copytree(ROOT / "lic", project / "lic", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     params = project_params()
     params["lambdas"] = {"l0018": {"lmbda": 0.0018, "metric": "mse"}, "l0130": {"lmbda": 0.013, "metric": "mse"}}
+    params["report"]["peers"] = [peer.name]
     write_params(project, params)
     out = project / params["evaluate"]["out_dir"]
-    for source in (evaluated, second, anchors.parent):
+    for source in (evaluated, second, peer, anchors.parent):
         shutil.copytree(source, out / source.name)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "evaluated"], project)
@@ -164,14 +175,16 @@ def test_dvc_runs_the_report_stage_and_shows_metrics_and_plots(evaluated, second
     report = {path: entry["data"] for path, entry in metrics[""]["data"].items() if path.startswith("outputs/report/")}
     points = {path for path in report if path.startswith("outputs/report/metrics/sample/loclic-mse-")}
     assert points == {f"outputs/report/metrics/sample/loclic-mse-{key}.json" for key in ("l0018", "l0130")}
+    assert "outputs/report/metrics/sample/mlicpp-mse-0.0035.json" in report  # the peer's point, named by its lambda
     assert report["outputs/report/metrics/sample/bd/jpeg.json"]["bd_rate"] is not None
     assert report["outputs/report/metrics/complexity/loclic-mse.json"]["kmac_per_pixel"] > 0
+    assert report["outputs/report/metrics/complexity/mlicpp-mse.json"]["kmac_per_pixel"] > 0
     keys = set().union(*(values.keys() for values in report.values()))  # few columns: the table stays readable
     assert keys == {"bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s", "bd_rate", "bd_psnr",
                     "bd_rate_ms_ssim", "kmac_per_pixel", "parameters"}  # fmt: skip
     plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], project).stdout)["data"]
     curve = plots["outputs/report/curves/sample.csv"][0]["content"]
-    assert {row["codec"] for row in curve["data"]["values"]} == {"loclic-mse", *ANCHORS}  # one colour each
+    assert {row["codec"] for row in curve["data"]["values"]} == {"loclic-mse", "mlicpp-mse", *ANCHORS}  # a colour each
     assert curve["hconcat"][1]["encoding"]["y"]["field"] == "ms_ssim_db"
     assert any(key.endswith("rd_sample.png") for key in plots)
 
@@ -189,3 +202,14 @@ def test_evaluate_names_a_missing_checkpoint(manifest, tmp_path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "none.pt"), "--manifest", str(manifest), "-o", "x"])
     assert isinstance(result.exception, LicError) and "checkpoint not found" in str(result.exception)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_peer_without_an_evaluation_is_named_with_the_command_that_makes_one(tmp_path) -> None:
+    from lic.eval.report import build_report
+
+    params = project_params()
+    params["evaluate"]["out_dir"] = str(tmp_path)
+    params["lambdas"] = {}
+    params["report"]["peers"] = ["mlicpp-mse-0.0035"]
+    with pytest.raises(LicError, match=r"report.peers: .*mlicpp-mse-0.0035 has no evaluation; run lic evaluate"):
+        build_report(parse_params(params))

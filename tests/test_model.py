@@ -180,6 +180,25 @@ def test_corner_window_differs_from_the_parity_rule_by_the_counts_of_the_fact_sh
     assert sum(inside[k] for _, k in kind2) == 40
 
 
+def test_local_context_gathers_exactly_the_windows_unfold_gives_at_the_positions_asked() -> None:
+    """The coder's path (windows gathered at `at` only) against unfolding every window: the same values in the same
+    layout, borders included, on a latent that is not square; and so the same output at those positions."""
+    import torch.nn.functional as F
+
+    from lic.models.checkerboard import anchor_mask
+    from lic.models.context import LocalContext
+
+    torch.manual_seed(0)
+    module = LocalContext().eval()
+    h, w = 6, 10
+    qkv = torch.randn(2, 96, h, w)
+    for at in ((1 - anchor_mask(h, w, qkv.device)).flatten().nonzero().squeeze(1), torch.tensor([0, 9, 37, 59])):
+        assert torch.equal(module._windows_at(qkv, at), F.unfold(qkv, 5, padding=2)[..., at])
+    x = torch.randn(1, 32, h, w)
+    with torch.no_grad():
+        assert (module(x, at) - module(x).flatten(2)[..., at]).abs().max() < 1e-5
+
+
 def test_local_context_equals_the_official_minus_100_attention_at_every_position() -> None:
     """The module's output against §2.4 written out with the official additive -100 mask, window by window."""
     import torch.nn.functional as F

