@@ -6,6 +6,7 @@ to finish in under 15 minutes on a 2-core machine.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -33,24 +34,47 @@ def _kept_scale_section(path: Path) -> str:
     return text[text.index(SCALE_HEADING) :] if SCALE_HEADING in text else ""
 
 
+def _previous_sections(path: Path) -> list[tuple[str, str]]:
+    """(title, text) of each section the current file has before the scale section, in order."""
+    text = path.read_text() if path.exists() else ""
+    text = text[: text.index(SCALE_HEADING)] if SCALE_HEADING in text else text
+    return [(block.split("\n", 1)[0], "\n## " + block.rstrip("\n") + "\n") for block in text.split("\n## ")[1:]]
+
+
 def main() -> None:
+    names = {run.__module__.rsplit(".", 1)[-1]: run for run in SECTIONS}
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--only", nargs="+", choices=names, metavar="SECTION",
+        help=f"rerun these sections only ({', '.join(names)}); the others stay as the last run wrote them",
+    )  # fmt: skip
+    args = parser.parse_args()
     host = machine()
     started = time.perf_counter()
     sections = []
-    for run in SECTIONS:
-        print(f"running {run.__module__} ...", flush=True)
-        sections.append(run())
+    for name, run in names.items():
+        if not args.only or name in args.only:
+            print(f"running {run.__module__} ...", flush=True)
+            sections.append(run())
     elapsed = time.perf_counter() - started
+    where = f"*{host['cpu']}, {host['cores']} cores, {host['torch_threads']} torch threads, {host['date']}.*"
+    fresh = {s.title: f"\n## {s.title}\n\n{where}\n\n{s.markdown}\n" for s in sections}
+    ran = f"run on {host['date']} in {elapsed / 60:.1f} minutes"
+    json_path, previous = DOCS / "benchmarks.json", {}
+    if args.only:
+        kept = _previous_sections(DOCS / "benchmarks.md")
+        fresh = {title: fresh.get(title, text) for title, text in kept} | fresh  # the file's order, new ones last
+        ran = f"sections {', '.join(s.title for s in sections)} rerun on {host['date']} (--only), the others earlier"
+        previous = json.loads(json_path.read_text()) if json_path.exists() else {}
     header = (
         "# Benchmarks\n\nWritten by `make bench` (code in `bench/`). "
         f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']} with {host['torch_threads']} threads, "
-        f"Python {host['python']}; run on {host['date']} in {elapsed / 60:.1f} minutes.\n"
+        f"Python {host['python']}; {ran}.\n"
     )
-    where = f"*{host['cpu']}, {host['cores']} cores, {host['torch_threads']} torch threads, {host['date']}.*"
-    body = "\n".join(f"\n## {s.title}\n\n{where}\n\n{s.markdown}\n" for s in sections)
     DOCS.mkdir(exist_ok=True)
-    _write(DOCS / "benchmarks.md", header + body + _kept_scale_section(DOCS / "benchmarks.md"))
-    _write(DOCS / "benchmarks.json", json.dumps({"machine": host, **{s.title: s.data for s in sections}}, indent=2))
+    _write(DOCS / "benchmarks.md", header + "\n".join(fresh.values()) + _kept_scale_section(DOCS / "benchmarks.md"))
+    data = previous | {"machine": host, **{s.title: s.data for s in sections}}
+    _write(json_path, json.dumps(data, indent=2))
     print(f"wrote {DOCS / 'benchmarks.md'}")
 
 

@@ -8,7 +8,6 @@ the stage. A few modules are exempt on purpose, each with its reason (also in dv
 
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import subprocess
@@ -77,20 +76,43 @@ def loaded_at_start() -> dict[Path, set[str]]:
     return loaded
 
 
+# Every module's imports (function bodies included) and whether it is only a docstring, read with `ast` in a fresh
+# interpreter: CPython 3.11.7's ast.parse can fail with "AST constructor recursion depth mismatch" while other
+# threads parse too (gh-106905), which the threads that earlier tests leave behind did in a full `make test`.
+_SYNTAX_PROBE = """
+import ast, json, pathlib, sys
+out = {}
+for path in sys.argv[1:]:
+    tree = ast.parse(pathlib.Path(path).read_text())
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    docstring_only = all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in tree.body)
+    out[path] = {"imports": names, "docstring_only": docstring_only}
+print(json.dumps(out))
+"""
+
+
+@functools.cache
+def syntax() -> dict[str, dict]:
+    """Project file -> {"imports": module names it imports anywhere, "docstring_only": bool}."""
+    files = sorted(
+        p.relative_to(ROOT).as_posix() for folder in ("lic", "pipelines") for p in ROOT.glob(f"{folder}/**/*.py")
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _SYNTAX_PROBE, *files], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def imported_by(path: str) -> set[str]:
     """The lic modules `path` imports anywhere in its text, function bodies included, as project files."""
-    found = set()
-    for node in ast.walk(ast.parse((ROOT / path).read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        else:
-            continue
-        for name in names:
-            if name.split(".")[0] == "lic":
-                found |= {file for file in _module_files(name) if file}
-    return found
+    names = [name for name in syntax()[path]["imports"] if name.split(".")[0] == "lic"]
+    return {file for name in names for file in _module_files(name) if file}
 
 
 def _module_files(name: str) -> list[str]:
@@ -121,8 +143,7 @@ def covered(path: str, deps: list[str]) -> bool:
 
 
 def _only_a_docstring(path: str) -> bool:
-    body = ast.parse((ROOT / path).read_text()).body
-    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+    return syntax()[path]["docstring_only"]
 
 
 @pytest.mark.parametrize("stage", sorted(stage_entry_points()))
