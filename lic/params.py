@@ -334,7 +334,7 @@ class Report(Section):
     anchor: str = Field(description="BD-rate and BD-PSNR are against this anchor codec")
     references: dict[str, str] = Field(description="evaluation source -> dataset name of the published curves")
     peers: list[str] = Field(
-        default=[], description="evaluation folders (under evaluate.out_dir) of other checkpoints, drawn beside ours"
+        description="evaluation folders (under evaluate.out_dir) of other checkpoints, drawn beside ours"
     )
 
 

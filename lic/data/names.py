@@ -1,4 +1,4 @@
-"""Which file names are images: the one list every source, the manifest and `lic compress` use.
+"""Which file names are images: the one list the source adapters and `lic compress` use.
 
 Its own module, with nothing heavy imported, so `lic compress` can expand folders and report a missing file before it
 imports the image libraries (bench/cli_latency.py).

@@ -36,26 +36,30 @@ _DEDUP_COUNT = {  # the dedup verdict -> its count
 }
 
 
-def metrics(merged: pa.Table, sources: list[str]) -> dict[str, Any]:
-    """Counts per source and in total, and skipped files per reason.
-
-    Arrow throughout (a group-by over flag columns): a full-corpus manifest has 1.5 M rows, which as Python dicts
-    would cost the driver gigabytes."""
+def _flags(merged: pa.Table) -> dict[str, pa.ChunkedArray]:
+    """Per row, one boolean for each count of COUNTS: what the metrics sum and the listings filter on."""
     ok = pc.equal(merged["status"], "ok")
-    dedup = merged["dedup"]
 
     def among_ok(condition: pa.ChunkedArray) -> pa.ChunkedArray:
         return pc.and_(ok, pc.fill_null(condition, False))
 
-    flags = {
+    return {
         "files": pc.is_valid(merged["source"]),
         "ok": ok,
         "converted": among_ok(pc.not_equal(merged["note"], "")),
         "skipped": pc.invert(ok),
         "train": among_ok(pc.equal(merged["split"], "train")),
         "eval": among_ok(pc.equal(merged["split"], "eval")),
-        **{key: among_ok(pc.equal(dedup, verdict)) for verdict, key in _DEDUP_COUNT.items()},
+        **{key: among_ok(pc.equal(merged["dedup"], verdict)) for verdict, key in _DEDUP_COUNT.items()},
     }
+
+
+def metrics(merged: pa.Table, sources: list[str]) -> dict[str, Any]:
+    """Counts per source and in total, and skipped files per reason.
+
+    Arrow throughout (a group-by over flag columns): a full-corpus manifest has 1.5 M rows, which as Python dicts
+    would cost the driver gigabytes."""
+    flags = _flags(merged)
     table = pa.table({"source": merged["source"], **{key: flag.cast(pa.int64()) for key, flag in flags.items()}})
     sums = table.group_by("source").aggregate([(key, "sum") for key in flags]).to_pylist()  # a row per source
     per_source = {source: dict.fromkeys((key for key, _ in COUNTS), 0) for source in sources}
@@ -63,7 +67,7 @@ def metrics(merged: pa.Table, sources: list[str]) -> dict[str, Any]:
         per_source[row.pop("source")].update({key.removesuffix("_sum"): value for key, value in row.items()})
     total = {key: sum(counts[key] for counts in per_source.values()) for key, _ in COUNTS}
     # `skipped: too small (100x80, ...)` -> `too small`
-    reasons = pc.replace_substring_regex(pc.filter(merged["status"], pc.invert(ok)), r"(?s)^skipped: | \(.*$", "")
+    reasons = pc.replace_substring_regex(pc.filter(merged["status"], flags["skipped"]), r"(?s)^skipped: | \(.*$", "")
     counted = pc.value_counts(reasons).to_pylist()
     skipped_by_reason = dict(sorted((entry["values"], entry["counts"]) for entry in counted))
     return {"sources": per_source, "total": total, "skipped_by_reason": skipped_by_reason}
@@ -81,18 +85,14 @@ def summary_table(values: dict[str, Any]) -> str:
 
 
 def markdown(merged: pa.Table, values: dict[str, Any], profile: str, thresholds: dict[str, Any]) -> str:
+    flags = _flags(merged)
     merged = merged.append_column("where", location(merged))
-    ok = pc.equal(merged["status"], "ok")
-    dedup = pc.fill_null(merged["dedup"], "")
-    skipped = _rows(merged, pc.invert(ok), ["where", "status"])
-    skipped.rows = [[where, status.removeprefix("skipped: ")] for where, status in skipped.rows]
-    converted = _rows(merged, pc.and_(ok, pc.fill_null(pc.not_equal(merged["note"], ""), False)), ["where", "note"])
-    duplicates = _rows(
-        merged,
-        pc.is_in(dedup, pa.array(["exact duplicate", "near duplicate"])),
-        ["where", "duplicate_of", "dedup", "distance"],
-    )
-    leaks = _rows(merged, pc.equal(dedup, "leakage"), ["where", "duplicate_of", "distance"])
+    merged = merged.append_column("reason", pc.replace_substring_regex(merged["status"], "^skipped: ", ""))
+    skipped = _rows(merged, flags["skipped"], ["where", "reason"])
+    converted = _rows(merged, flags["converted"], ["where", "note"])
+    removed = pc.or_(flags["exact_duplicates"], flags["near_duplicates"])
+    duplicates = _rows(merged, removed, ["where", "duplicate_of", "dedup", "distance"])
+    leaks = _rows(merged, flags["leakage"], ["where", "duplicate_of", "distance"])
     parts = [
         f"# Datasets report: profile `{profile}`",
         f"Near duplicates: perceptual hashes within {thresholds['near_threshold']} bits; leakage: a training "
@@ -110,7 +110,7 @@ def markdown(merged: pa.Table, values: dict[str, Any], profile: str, thresholds:
     return "\n\n".join(parts) + "\n"
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Listing:
     """The first MAX_ROWS rows of one listing (as Python lists) and how many there are in all."""
 
