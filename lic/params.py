@@ -111,9 +111,17 @@ class NeighbourSearch(Section):
     nprobe: PositiveInt = Field(description="cells visited per query: recall against speed")
 
 
+class Confirmation(Section):
+    """A pair the 64-bit search finds counts only when its 256-bit hashes are this close too."""
+
+    near_threshold: Annotated[int, Field(ge=0, le=256)] = Field(description="256-bit distance of duplicates")
+    leakage_threshold: Annotated[int, Field(ge=0, le=256)] = Field(description="the same, training vs evaluation")
+
+
 class Dedupe(Section):
     near_threshold: Annotated[int, Field(ge=0, le=64)] = Field(description="Hamming distance of duplicates")
     leakage_threshold: Annotated[int, Field(ge=0, le=64)] = Field(description="the same, training vs evaluation")
+    confirm: Confirmation
     search: NeighbourSearch
 
 

@@ -60,6 +60,8 @@ def eval_manifest(directory: Path, dataset: str = "sample") -> Path:
                 "pixel_sha256": pixel_sha256(image),
                 "phash": "0" * 16,
                 "phash_zoom": [],
+                "phash256": "0" * 64,
+                "phash256_zoom": [],
                 "license": "test",
                 "status": "ok",
                 "note": "",

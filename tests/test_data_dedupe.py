@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lic.data.dedupe import run_dedupe
+from lic.data.dedupe import decide, run_dedupe
 from lic.data.fetch import fetch_source
 from lic.data.manifest import build_manifest
+from lic.data.schemas import SCHEMA
 from lic.params import parse_params
 from tests.data_support import SKIMAGE_DATA, encode, photo, project_params
 
@@ -123,3 +126,47 @@ def test_report_counts_pairs_and_leakage_hits(deduped: tuple[Path, dict]) -> Non
     assert "## Duplicates removed from training (6)" in report
     assert "## Leakage: training images matching an evaluation image (2)" in report
     assert f"b/{SHARD}/chelsea_small.jpg" in report
+
+
+def _hashed_row(name: str, split: str, phash: int, phash256: np.ndarray) -> dict:
+    """A manifest row with the given hashes (no zooms) and distinct pixels."""
+    return {
+        "path": name, "member": None, "source": split, "split": split, "width": 512, "height": 512, "mode": "RGB",
+        "file_size": 1, "pixel_sha256": name, "phash": f"{phash:016x}", "phash_zoom": [],
+        "phash256": np.packbits(phash256).tobytes().hex(), "phash256_zoom": [], "license": "test", "status": "ok",
+        "note": "",
+    }  # fmt: skip
+
+
+def _flipped(bits: np.ndarray, first: int, count: int) -> np.ndarray:
+    flipped = bits.copy()
+    flipped[first : first + count] ^= 1
+    return flipped
+
+
+def test_a_pair_found_on_64_bits_counts_only_when_the_256_bit_hashes_confirm_it() -> None:
+    """Distinct images whose 64-bit hashes match by chance are told from copies by the 256-bit hashes (copies
+    measured 0-64 apart of 256, chance matches 92 and more: docs/datasets.md)."""
+    thresholds = parse_params(project_params()).data.dedupe
+    assert (thresholds.confirm.near_threshold, thresholds.confirm.leakage_threshold) == (64, 72)
+    rng = np.random.default_rng(0)
+    x, y = (rng.integers(0, 2, size=256, dtype=np.uint8) for _ in range(2))
+    rows = [
+        _hashed_row("a", "train", 0x0123456789ABCDEF, x),
+        _hashed_row("b", "train", 0x0123456789ABCDEF, _flipped(x, 0, 64)),  # a copy of a: confirmed
+        _hashed_row("c", "train", 0x0123456789ABCDEF, _flipped(x, 100, 65)),  # a chance match of a: not
+        _hashed_row("e", "eval", 0x7EDCBA9876543210, y),
+        _hashed_row("f", "train", 0x7EDCBA9876543211, _flipped(y, 0, 72)),  # a leak of e: confirmed
+        _hashed_row("g", "train", 0x7EDCBA9876543210, _flipped(y, 100, 73)),  # a chance match of e: not
+    ]
+    merged = decide(pa.Table.from_pylist(rows, schema=SCHEMA), ["train", "eval"], thresholds)
+    verdicts = {row["path"]: (row["dedup"], row["duplicate_of"], row["distance"], row["distance256"])
+                for row in merged.to_pylist()}  # fmt: skip
+    assert verdicts == {
+        "a": ("kept", None, None, None),
+        "b": ("near duplicate", "a", 0, 64),
+        "c": ("kept", None, None, None),
+        "e": (None, None, None, None),
+        "f": ("leakage", "e", 1, 72),
+        "g": ("kept", None, None, None),
+    }

@@ -27,7 +27,10 @@ from lic.params import load_params, parse_params
 from tests.data_support import ROOT, project_params, tool_env
 
 SOURCE = "synthetic"
-COLUMNS = ["width", "height", "mode", "file_size", "pixel_sha256", "phash", "phash_zoom", "status", "note"]
+COLUMNS = [
+    "width", "height", "mode", "file_size", "pixel_sha256", "phash", "phash_zoom", "phash256", "phash256_zoom",
+    "status", "note",
+]  # fmt: skip
 
 
 def smooth_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:

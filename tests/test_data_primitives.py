@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lic.data.layout import Placement
-from lic.data.neighbours import Hashes, SearchPlan, codes, near_pairs
+from lic.data.neighbours import Hashes, SearchPlan, codes, near_pairs, pair_distances
 from lic.data.sources.vimeo import frame_names
 from lic.errors import LicError
 from lic.io.atomic import staged_directory
@@ -109,12 +109,44 @@ def test_the_approximate_index_finds_only_true_pairs_and_nearly_all_of_them() ->
     assert len(approximate) >= 0.9 * len(exact)
 
 
+def test_pair_distances_are_the_smallest_over_the_hash_combinations_at_256_bits() -> None:
+    rng = np.random.default_rng(3)
+    a = Hashes(*_random_codes(rng, 300, 32, views=3))
+    b = Hashes(*_random_codes(rng, 200, 32, views=3))
+    i, j = rng.integers(0, 300, size=5000), rng.integers(0, 200, size=5000)
+    i[:3], j[:3] = 7, 9
+    b.zooms[1][9] = a.full[7] ^ np.eye(32, dtype=np.uint8)[0]  # a's full hash one bit off b's second zoom
+    bits = {name: np.unpackbits(x, axis=1).astype(int) for name, x in (("a", a.full), ("b", b.full))}
+    a_zooms = [np.unpackbits(z, axis=1).astype(int) for z in a.zooms]
+    b_zooms = [np.unpackbits(z, axis=1).astype(int) for z in b.zooms]
+    expected = [
+        min(
+            [int((bits["a"][x] != bits["b"][y]).sum())]
+            + [int((bits["a"][x] != z[y]).sum()) for z in b_zooms]
+            + [int((z[x] != bits["b"][y]).sum()) for z in a_zooms]
+        )
+        for x, y in zip(i.tolist(), j.tolist(), strict=True)
+    ]
+    distances = pair_distances(i, j, a, b)
+    assert distances.tolist() == expected
+    assert distances[:3].tolist() == [1, 1, 1]
+    assert 100 < np.median(distances) < 128  # random 256-bit hashes: about 128 apart, less for the smallest of 5
+
+
+def _random_codes(rng: np.random.Generator, n: int, width: int, views: int) -> tuple[np.ndarray, tuple]:
+    full, *zooms = (rng.integers(0, 256, size=(n, width), dtype=np.uint8) for _ in range(views))
+    return full, tuple(zooms)
+
+
 def test_hex_hashes_decode_to_the_bytes_they_spell() -> None:
     assert codes(["0123456789abcdef", "FFFFFFFFFFFFFFFF"]).tolist() == [
         [0x01, 0x23, 0x45, 0x67, 0x89, 0xAB, 0xCD, 0xEF], [255] * 8,
     ]  # fmt: skip
+    assert codes(["0f" * 32], bits=256).tolist() == [[15] * 32]
     with pytest.raises(ValueError, match="hex digits"):
         codes(["0123456789abcdeg"])
+    with pytest.raises(ValueError, match="64 hex digits"):
+        codes(["0123456789abcdef"], bits=256)
 
 
 def test_vimeo_frames_are_evenly_spaced() -> None:

@@ -38,7 +38,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the pipeline whose sample profile has run up to shard (once for the module)."""
     root = dvc_project(tmp_path_factory.mktemp("shards") / "repo")
     params = project_params()
-    params["loader"]["batch_size"] = {256: 2, 512: 1}  # the sample has 11 training images: small batches, more steps
+    params["loader"]["batch_size"] = {256: 2, 512: 1}  # the sample has 12 training images: small batches, more steps
     write_params(root, params)
     assert "Running stage 'shard'" in run([*DVC, "repro", "shard"], root).stdout
     return root
@@ -71,10 +71,10 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_sample_profile_shards_hold_every_training_image_raw_or_as_its_own_format(project: Path) -> None:
     metrics = json.loads((project / "data/reports/shards.json").read_text())
     assert metrics["total"] == {
-        "images": 11, "raw": 7, "jpeg": 4, "crop_256": 11, "crop_512": 9, "validation": 2,
+        "images": 12, "raw": 8, "jpeg": 4, "crop_256": 12, "crop_512": 9, "validation": 2,
     }  # fmt: skip
     assert metrics["page_size"] == FFCV_PAGE_SIZE  # the biggest sample image (retina, 1411 px) fits 8 MiB
-    assert metrics["shards"] >= 2  # shards.shard_size_mb of the sample profile cuts its 11 images in several
+    assert metrics["shards"] >= 2  # shards.shard_size_mb of the sample profile cuts its 12 images in several
     shown = json.loads(run([*DVC, "metrics", "show", "--json"], project).stdout)
     assert shown[""]["data"]["data/reports/shards.json"]["data"]["total"]["crop_512"] == 9
 
@@ -86,7 +86,7 @@ def test_sample_profile_shards_hold_every_training_image_raw_or_as_its_own_forma
     )
     files = sorted({row["file"] for row in index})
     assert files == [f"train-{n:05d}.beton" for n in range(metrics["shards"])] + ["validation-00000.beton"]
-    assert Counter(row["split"] for row in index) == {"train": 11, "validation": 2}
+    assert Counter(row["split"] for row in index) == {"train": 12, "validation": 2}
     assert sorted(p.name for p in folder.iterdir()) == sorted([*files, "index.parquet", "checksums.json"])
     sums = json.loads((folder / "checksums.json").read_text())
     assert sorted(sums) == sorted([*files, "index.parquet"])
@@ -118,7 +118,7 @@ def test_loader_mixes_256_and_512_crops_of_the_sample_in_the_configured_ratio(pr
     assert params.loader.workers == 2  # and the default's crop_mix, 256: 0.8 and 512: 0.2
     loader = build_train_loader(params.loader, params.shards, seed=7)
     assert loader.crop_sizes == (256, 512)
-    assert len(loader) == 6  # 11 images / (0.8 * 2 + 0.2 * 1) crops per step
+    assert len(loader) == 7  # 12 images / (0.8 * 2 + 0.2 * 1) crops per step, rounded up
     sizes = Counter()
     for epoch in range(12):
         seen = []
@@ -130,8 +130,8 @@ def test_loader_mixes_256_and_512_crops_of_the_sample_in_the_configured_ratio(pr
             seen.append(side)
         assert seen == loader.schedule(epoch)
         sizes.update(seen)
-    assert sizes[256] + sizes[512] == 72
-    assert abs(sizes[512] / 72 - 0.2) < 0.1
+    assert sizes[256] + sizes[512] == 84
+    assert abs(sizes[512] / 84 - 0.2) < 0.1
 
 
 def test_a_second_repro_does_nothing(project: Path) -> None:

@@ -6,6 +6,9 @@ Order of decisions, each on what the previous left:
    flatter every rate-distortion number;
 2. exact duplicates (same decoded pixels), within and across sources;
 3. near duplicates (perceptual distance <= `near_threshold`), within and across sources.
+A perceptual pair counts only when it is confirmed: the 64-bit hashes are searched (lic.data.neighbours), and
+each pair found must be within `confirm`'s thresholds on the 256-bit hashes as well. At corpus scale 64 bits put
+thousands of distinct pairs within 8 by chance; their 256-bit hashes are about 104 of 256 apart, copies' 0-64.
 Of each group the best copy is kept: most pixels, then the source listed first in the profile, then the path.
 An image is dropped only for a neighbour that is itself kept, so chains (A~B, B~C, A far from C) keep A and C.
 """
@@ -21,11 +24,11 @@ import pyarrow.compute as pc
 
 from lic.data import report
 from lic.data.manifest import manifest_path
-from lic.data.neighbours import Hashes, SearchPlan, near_pairs
+from lic.data.neighbours import Hashes, SearchPlan, near_pairs, pair_distances
 from lic.data.schemas import MERGED_SCHEMA, SCHEMA, location, read_table, write_table
 from lic.io.atomic import write_text
 from lic.io.progress import say
-from lic.params import Params
+from lic.params import Dedupe, Params
 
 KEPT, LEAKAGE, EXACT, NEAR = "kept", "leakage", "exact duplicate", "near duplicate"
 
@@ -37,8 +40,7 @@ def run_dedupe(params: Params) -> dict[str, Any]:
     manifests = [read_table(manifest_path(data, name), SCHEMA, f"dvc repro manifest@{name}") for name in sources]
     merged = pa.concat_tables(manifests)
     thresholds = data.dedupe
-    near, leakage = thresholds.near_threshold, thresholds.leakage_threshold
-    merged = decide(merged, sources, near, leakage, SearchPlan.of(thresholds.search))
+    merged = decide(merged, sources, thresholds)
     paths = {key: Path(value) for key, value in data.paths.model_dump().items()}
     write_table(merged, paths["merged"])
     write_table(merged.filter(pc.equal(merged["dedup"], KEPT)), paths["train"])
@@ -51,9 +53,7 @@ def run_dedupe(params: Params) -> dict[str, Any]:
     return metrics
 
 
-def decide(
-    table: pa.Table, sources: list[str], near_threshold: int, leakage_threshold: int, plan: SearchPlan
-) -> pa.Table:
+def decide(table: pa.Table, sources: list[str], thresholds: Dedupe) -> pa.Table:
     """`table` with the dedup, duplicate_of and distance columns filled in for usable training images.
 
     Columnar throughout (Arrow and numpy; the only Python loop visits images that have an earlier near duplicate),
@@ -63,9 +63,12 @@ def decide(
     split = table["split"].to_numpy(zero_copy_only=False)
     evals = np.flatnonzero(ok & (split == "eval"))
     train = _keep_preference_order(table, sources, np.flatnonzero(ok & (split == "train")))
+    plan = SearchPlan.of(thresholds.search)
     kind = np.full(n, None, dtype=object)
     other = np.full(n, -1, dtype=np.int64)
     distance = np.full(n, -1, dtype=np.int64)
+    distance256 = np.full(n, -1, dtype=np.int64)
+    verdicts = (kind, other, distance, distance256)
     sha = pc.dictionary_encode(table["pixel_sha256"].combine_chunks())
     sha_code = pc.fill_null(sha.indices, -1).to_numpy()  # null: a skipped file, never a training or eval image
 
@@ -74,15 +77,16 @@ def decide(
     _, last = np.unique(sha_code[evals][::-1], return_index=True)
     eval_of_code[sha_code[evals][::-1][last]] = evals[::-1][last]
     exact_leak = eval_of_code[sha_code[train]] >= 0
-    _set(kind, other, distance, train[exact_leak], LEAKAGE, eval_of_code[sha_code[train[exact_leak]]], 0)
+    _set(verdicts, train[exact_leak], LEAKAGE, eval_of_code[sha_code[train[exact_leak]]], 0, 0)
     candidates = train[~exact_leak]
     if len(candidates) and len(evals):
-        t, e, d = near_pairs(_hashes(table, candidates), _hashes(table, evals), leakage_threshold, plan)
-        order = np.lexsort((e, d, t))  # per training image: the closest evaluation image, then the first
-        t, e, d = t[order], e[order], d[order]
+        threshold, confirm = thresholds.leakage_threshold, thresholds.confirm.leakage_threshold
+        t, e, d, d256 = _confirmed_pairs(table, candidates, evals, threshold, confirm, plan)
+        order = np.lexsort((e, d256, d, t))  # per training image: the closest evaluation image, then the first
+        t, e, d, d256 = t[order], e[order], d[order], d256[order]
         first = np.ones(len(t), dtype=bool)
         first[1:] = t[1:] != t[:-1]
-        _set(kind, other, distance, candidates[t[first]], LEAKAGE, evals[e[first]], d[first])
+        _set(verdicts, candidates[t[first]], LEAKAGE, evals[e[first]], d[first], d256[first])
 
     # 2. exact duplicates: an Arrow group-by on the pixel hash finds each hash's first image in preference order
     remaining = train[kind[train] == None]  # noqa: E711 (numpy comparison, element-wise)
@@ -90,15 +94,16 @@ def decide(
     firsts = keyed.group_by("pixel_sha256").aggregate([("position", "min")])
     first_position = keyed.join(firsts, "pixel_sha256").sort_by("position")["position_min"].to_numpy()
     duplicate = first_position != np.arange(len(remaining))
-    _set(kind, other, distance, remaining[duplicate], EXACT, remaining[first_position[duplicate]], 0)
+    _set(verdicts, remaining[duplicate], EXACT, remaining[first_position[duplicate]], 0, 0)
 
     # 3. near duplicates: an image goes when an earlier (preferred) image within near_threshold is itself kept
     remaining = remaining[~duplicate]
     kept = np.ones(len(remaining), dtype=bool)
     if len(remaining):
-        p, q, d = near_pairs(_hashes(table, remaining), None, near_threshold, plan)
-        order = np.lexsort((p, d, q))  # per later image: its neighbours, closest first
-        p, q, d = p[order], q[order], d[order]
+        threshold, confirm = thresholds.near_threshold, thresholds.confirm.near_threshold
+        p, q, d, d256 = _confirmed_pairs(table, remaining, None, threshold, confirm, plan)
+        order = np.lexsort((p, d256, d, q))  # per later image: its neighbours, closest first
+        p, q, d, d256 = p[order], q[order], d[order], d256[order]
         starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]).tolist() if len(q) else []  # no pairs: no groups
         ends = [*starts[1:], len(q)] if starts else []
         for start, end in zip(starts, ends, strict=True):
@@ -106,7 +111,7 @@ def decide(
             if len(alive):
                 k = start + int(alive[0])
                 kept[q[k]] = False
-                _set(kind, other, distance, remaining[q[k] : q[k] + 1], NEAR, remaining[p[k]], d[k])
+                _set(verdicts, remaining[q[k] : q[k] + 1], NEAR, remaining[p[k]], d[k], d256[k])
     kind[remaining[kept]] = KEPT
 
     say(f"dedupe: {int(kept.sum())} of {len(train)} usable training images kept")
@@ -114,6 +119,7 @@ def decide(
         "dedup": pa.array(kind, pa.string()),
         "duplicate_of": pc.take(location(table), pa.array(other, mask=other < 0)),
         "distance": pa.array(distance, pa.int32(), mask=distance < 0),
+        "distance256": pa.array(distance256, pa.int32(), mask=distance256 < 0),
     }
     for name, column in columns.items():
         table = table.append_column(name, column)
@@ -133,9 +139,28 @@ def _keep_preference_order(table: pa.Table, sources: list[str], rows: np.ndarray
     return rows[order.to_numpy()]
 
 
-def _set(kind, other, distance, rows, verdict: str, others, distances) -> None:
-    kind[rows], other[rows], distance[rows] = verdict, others, distances
+def _set(verdicts: tuple[np.ndarray, ...], rows, verdict: str, others, distances, distances256) -> None:
+    kind, other, distance, distance256 = verdicts
+    kind[rows], other[rows], distance[rows], distance256[rows] = verdict, others, distances, distances256
 
 
-def _hashes(table: pa.Table, rows: np.ndarray) -> Hashes:
-    return Hashes.from_arrow(pc.take(table["phash"], rows), pc.take(table["phash_zoom"], rows))
+def _confirmed_pairs(
+    table: pa.Table, rows: np.ndarray, others: np.ndarray | None, threshold: int, confirm: int, plan: SearchPlan
+) -> tuple[np.ndarray, ...]:
+    """(i, j, 64-bit distance, 256-bit distance) of the pairs within `threshold` on the 64-bit hashes and within
+    `confirm` on the 256-bit ones: i indexes `rows`, j `others` (None: pairs within `rows`)."""
+    coarse, fine = ("phash", 64), ("phash256", 256)
+    i, j, d = near_pairs(_hashes(table, rows, *coarse), _hashes(table, others, *coarse), threshold, plan)
+    # only the images in a pair have their 256-bit hashes decoded: a few percent of the rows
+    i_rows, i_at = np.unique(i, return_inverse=True)
+    j_rows, j_at = np.unique(j, return_inverse=True)
+    j_table = rows if others is None else others
+    d256 = pair_distances(i_at, j_at, _hashes(table, rows[i_rows], *fine), _hashes(table, j_table[j_rows], *fine))
+    keep = d256 <= confirm
+    return i[keep], j[keep], d[keep], d256[keep]
+
+
+def _hashes(table: pa.Table, rows: np.ndarray | None, column: str, bits: int) -> Hashes | None:
+    if rows is None:
+        return None
+    return Hashes.from_arrow(pc.take(table[column], rows), pc.take(table[f"{column}_zoom"], rows), bits)

@@ -228,6 +228,5 @@ def describe(
     if min(image.size) < min_side:
         row["status"] = f"skipped: too small ({image.width}x{image.height}, short side < {min_side})"
         return row
-    phash, zoomed = perceptual_hashes(image, zooms)
-    row.update(pixel_sha256=pixel_sha256(image), phash=phash, phash_zoom=zoomed, status="ok")
+    row.update(pixel_sha256=pixel_sha256(image), **perceptual_hashes(image, zooms), status="ok")
     return row

@@ -7,6 +7,9 @@ Beyond, an inverted file (IndexBinaryIVF) puts the hashes in `nlist` cells aroun
 a hash only with those of its `nprobe` nearest cells, which grows like n^1.5 with nlist ~ sqrt(n) and misses a pair
 only when its two hashes fall in cells far apart; its recall on planted duplicates is measured by bench/scale.py
 and docs/benchmarks.md. Pairs are numpy arrays throughout: 16 bytes per pair, never Python objects.
+
+`pair_distances` measures given pairs over the same combinations, with any hash length: the dedupe stage confirms
+the 64-bit search's pairs on 256-bit hashes, which tell chance matches from copies (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import pyarrow.compute as pc
 
 from lic.params import NeighbourSearch
 
-BITS = 64
+BITS = 64  # what the search indexes
+PAIRS_PER_CHUNK = 1 << 20  # pair_distances holds the hashes of this many pairs at once (64 MiB at 256 bits)
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.int32)
 _NIBBLE = np.full(256, 255, dtype=np.uint8)
 _NIBBLE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 _NIBBLE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
@@ -36,25 +41,21 @@ _NIBBLE[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 
 @dataclass(frozen=True)
 class Hashes:
-    """(n, 8) uint8 codes of the full-image hashes and of each zoom, one row per image (faiss's binary layout)."""
+    """(n, bits / 8) uint8 codes of the full-image hashes and of each zoom, one row per image (faiss's binary
+    layout)."""
 
     full: np.ndarray
     zooms: tuple[np.ndarray, ...]
 
     @classmethod
-    def from_hex(cls, full: Sequence[str], zooms: Sequence[Sequence[str]]) -> Hashes:
-        """From manifest columns: `phash` and `phash_zoom` (one list per image, same length for all)."""
-        levels = len(zooms[0]) if len(zooms) else 0
-        return cls(codes(full), tuple(codes([z[level] for z in zooms]) for level in range(levels)))
-
-    @classmethod
-    def from_arrow(cls, full: pa.Array, zooms: pa.Array) -> Hashes:
-        """From the Arrow columns themselves (a million rows without a Python object per hash)."""
-        full = codes(full.to_pylist())
+    def from_arrow(cls, full: pa.Array, zooms: pa.Array, bits: int = BITS) -> Hashes:
+        """From manifest columns (`phash` and `phash_zoom`, or the 256-bit pair) as Arrow arrays: a million rows
+        without a Python object per hash."""
+        full = codes(full.to_pylist(), bits)
         if not len(zooms):
             return cls(full, ())
         levels = len(zooms[0].as_py())
-        flat = codes(pc.list_flatten(zooms).to_pylist()).reshape(len(zooms), levels, BITS // 8)
+        flat = codes(pc.list_flatten(zooms).to_pylist(), bits).reshape(len(zooms), levels, bits // 8)
         return cls(full, tuple(np.ascontiguousarray(flat[:, level]) for level in range(levels)))
 
     def __len__(self) -> int:
@@ -109,6 +110,20 @@ def near_pairs(
     return key // len(b), key % len(b), d.astype(np.int32)
 
 
+def pair_distances(i: np.ndarray, j: np.ndarray, a: Hashes, b: Hashes) -> np.ndarray:
+    """The distance of each given pair (i in `a`, j in `b`): the smallest Hamming distance over full-vs-full,
+    full-vs-zoom and zoom-vs-full, as near_pairs measures it, at any hash length."""
+    distances = np.empty(len(i), dtype=np.int32)
+    for start in range(0, len(i), PAIRS_PER_CHUNK):
+        rows, columns = i[start : start + PAIRS_PER_CHUNK], j[start : start + PAIRS_PER_CHUNK]
+        views = [(a.full, b.full)]
+        views += [(a.full, b_zoom) for b_zoom in b.zooms] + [(a_zoom, b.full) for a_zoom in a.zooms]
+        distances[start : start + len(rows)] = np.min(
+            [_POPCOUNT[x[rows] ^ y[columns]].sum(axis=1) for x, y in views], axis=0
+        )
+    return distances
+
+
 def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     empty = np.zeros(0, dtype=np.int64)
     return empty, empty, empty.astype(np.int32)
@@ -117,16 +132,17 @@ def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _index(codes_: np.ndarray, plan: SearchPlan) -> faiss.IndexBinary:
     """A binary index over `codes_`: exact (flat) when small enough, else an IVF trained on a sample of them."""
     n = len(codes_)
+    bits = codes_.shape[1] * 8
     if plan.is_exact(n):
-        index = faiss.IndexBinaryFlat(BITS)
+        index = faiss.IndexBinaryFlat(bits)
     else:
         nlist = min(n, plan.nlist or max(16, int(4 * math.sqrt(n))))
         # The cells' centroids are hashes drawn from the data: binary k-means would cost more than the search,
         # and with a quantizer already holding nlist codes faiss skips it.
-        quantizer = faiss.IndexBinaryFlat(BITS)
+        quantizer = faiss.IndexBinaryFlat(bits)
         quantizer.use_heap = False  # faiss's counting search: 2x faster for the nprobe nearest cells
         quantizer.add(codes_[np.sort(np.random.default_rng(0).choice(n, size=nlist, replace=False))])
-        index = faiss.IndexBinaryIVF(quantizer, BITS, nlist)
+        index = faiss.IndexBinaryIVF(quantizer, bits, nlist)
         index.train(codes_[:nlist])
         index.nprobe = min(plan.nprobe, nlist)
         index.own_fields = False
@@ -142,14 +158,14 @@ def _range(index: faiss.IndexBinary, queries: np.ndarray, threshold: int) -> tup
     return rows, labels.astype(np.int64), distances.astype(np.int32)
 
 
-def codes(hexes: Sequence[str]) -> np.ndarray:
-    """16-digit hex hashes as an (n, 8) uint8 matrix, decoded in one vectorised step."""
+def codes(hexes: Sequence[str], bits: int = BITS) -> np.ndarray:
+    """Hex hashes of `bits` bits as an (n, bits / 8) uint8 matrix, decoded in one vectorised step."""
     if not len(hexes):
-        return np.zeros((0, BITS // 8), dtype=np.uint8)
+        return np.zeros((0, bits // 8), dtype=np.uint8)
     ascii_ = np.frombuffer("".join(hexes).encode("ascii"), dtype=np.uint8)
-    if len(ascii_) != 16 * len(hexes):
-        raise ValueError("perceptual hashes must be 16 hex digits each")
-    nibbles = _NIBBLE[ascii_].reshape(len(hexes), BITS // 8, 2)
+    if len(ascii_) != bits // 4 * len(hexes):
+        raise ValueError(f"perceptual hashes must be {bits // 4} hex digits each")
+    nibbles = _NIBBLE[ascii_].reshape(len(hexes), bits // 8, 2)
     if (nibbles == 255).any():
         raise ValueError("perceptual hashes must be hex digits")
     return (nibbles[..., 0] << 4) | nibbles[..., 1]

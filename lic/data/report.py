@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from lic.data.schemas import location
 
 MAX_ROWS = 1000  # per listing; a full-corpus run can skip tens of thousands of files
+DISTANCES = ["distance (64 bits)", "distance (256 bits)"]  # the search's and the confirmation's, per removed image
 COUNTS = (
     ("files", "files"),
     ("ok", "usable"),
@@ -91,20 +92,23 @@ def markdown(merged: pa.Table, values: dict[str, Any], profile: str, thresholds:
     skipped = _rows(merged, flags["skipped"], ["where", "reason"])
     converted = _rows(merged, flags["converted"], ["where", "note"])
     removed = pc.or_(flags["exact_duplicates"], flags["near_duplicates"])
-    duplicates = _rows(merged, removed, ["where", "duplicate_of", "dedup", "distance"])
-    leaks = _rows(merged, flags["leakage"], ["where", "duplicate_of", "distance"])
+    duplicates = _rows(merged, removed, ["where", "duplicate_of", "dedup", "distance", "distance256"])
+    leaks = _rows(merged, flags["leakage"], ["where", "duplicate_of", "distance", "distance256"])
+    confirm = thresholds["confirm"]
     parts = [
         f"# Datasets report: profile `{profile}`",
         f"Near duplicates: perceptual hashes within {thresholds['near_threshold']} bits; leakage: a training "
         f"image within {thresholds['leakage_threshold']} bits of an evaluation image (Hamming distance of "
-        "64-bit DCT hashes, smallest over the full image and its central crops). Identical pixels count as 0.",
+        "64-bit DCT hashes, smallest over the full image and its central crops), confirmed by 256-bit DCT hashes "
+        f"of the same views within {confirm['near_threshold']} and {confirm['leakage_threshold']} bits. Identical "
+        "pixels count as 0.",
         "## Per source",
         summary_table(values),
         _listing("Skipped files", ["file", "reason"], skipped),
         _listing("Converted to RGB", ["file", "conversion"], converted),
-        _listing("Duplicates removed from training", ["removed", "kept copy", "kind", "distance"], duplicates),
+        _listing("Duplicates removed from training", ["removed", "kept copy", "kind", *DISTANCES], duplicates),
         _listing(
-            "Leakage: training images matching an evaluation image", ["training", "evaluation", "distance"], leaks
+            "Leakage: training images matching an evaluation image", ["training", "evaluation", *DISTANCES], leaks
         ),
     ]
     return "\n\n".join(parts) + "\n"

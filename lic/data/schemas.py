@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from lic.errors import LicError
 from lic.io.atomic import atomic_path
 
-SCHEMA_VERSION = "2"  # 2: the `member` column (images read from tar shards)
+SCHEMA_VERSION = "3"  # 2: the `member` column (images read from tar shards); 3: the 256-bit hashes
 FIELDS = [
     pa.field("path", pa.string(), nullable=False),  # the file, or the tar shard holding it; relative, POSIX
     pa.field("member", pa.string()),  # the member name inside the tar shard `path`; null for a loose file
@@ -34,6 +34,8 @@ FIELDS = [
     pa.field("pixel_sha256", pa.string()),  # of the decoded RGB pixels; null when skipped
     pa.field("phash", pa.string()),  # 64-bit DCT hash, 16 hex digits
     pa.field("phash_zoom", pa.list_(pa.string())),  # the same for each central crop in data.hash.zooms
+    pa.field("phash256", pa.string()),  # 256-bit DCT hash, 64 hex digits: confirms the pairs the 64-bit ones find
+    pa.field("phash256_zoom", pa.list_(pa.string())),
     pa.field("license", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),  # "ok" or "skipped: <reason>"
     pa.field("note", pa.string(), nullable=False),  # the conversion to RGB, "" when none
@@ -43,7 +45,8 @@ SCHEMA = pa.schema(FIELDS, metadata={"lic.manifest": SCHEMA_VERSION})
 DEDUP_FIELDS = [
     pa.field("dedup", pa.string()),  # for usable training images: kept | leakage | exact duplicate | near duplicate
     pa.field("duplicate_of", pa.string()),  # location of the copy it duplicates: its path, or <tar>/<member>
-    pa.field("distance", pa.int32()),  # Hamming distance to it (0 for identical pixels)
+    pa.field("distance", pa.int32()),  # Hamming distance to it of the 64-bit hashes (0 for identical pixels)
+    pa.field("distance256", pa.int32()),  # the same of the 256-bit hashes, which confirmed the pair
 ]
 MERGED_SCHEMA = pa.schema(FIELDS + DEDUP_FIELDS, metadata={"lic.manifest": SCHEMA_VERSION})
 
