@@ -1,11 +1,27 @@
-"""Helpers of the codec tests: .lic files with any header, as an attacker makes them (the CRC32 is public)."""
+"""Helpers of the codec tests: .lic files with any header, as an attacker makes them (the CRC32 is public), and
+the reconstruction the codec must give, by the eval-mode forward pass."""
 
 from __future__ import annotations
 
 import struct
 import zlib
 
+import torch
+from torch import Tensor, nn
+
 from lic.codec.container import MAGIC, MODES, VERSION, Header, _varint
+from lic.codec.core import pad
+from lic.codec.determinism import deterministic
+from lic.models.halves import convolutions_in_halves
+
+
+def forward_reconstruction(model: nn.Module, x: Tensor) -> Tensor:
+    """x_hat of the eval-mode forward pass (1 x 3 x H x W in [0, 1]) in the codec's arithmetic: pinned threads and
+    convolutions in halves. Without the halves the two differ by float rounding on some machines: on an AVX-512
+    Xeon the whole 1x1 entropy-parameter convolutions (832 or 960 -> 320 channels, 192+ positions) pick another
+    kernel than their halves, 3e-8 apart."""
+    with torch.no_grad(), deterministic(), convolutions_in_halves(model):
+        return model(pad(x))["x_hat"][..., : x.shape[-2], : x.shape[-1]].clamp(0, 1)
 
 
 def forge(

@@ -11,16 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from lic import codec
 from lic.cli import main
 from lic.codec import resolve
-from lic.codec.core import pad
-from lic.codec.determinism import deterministic
 from lic.codec.images import from_tensor, to_pixels, to_tensor
 from lic.errors import LicError
+from tests.codec_support import forward_reconstruction
 from tests.data_support import SKIMAGE_DATA, bilevel_png
 from tests.eval_support import tiny_checkpoint
 
@@ -65,9 +63,7 @@ def reconstruction(model, image: Image.Image) -> np.ndarray:
     """The model's reconstruction by the eval-mode forward pass, independent of the codec."""
     pixels, mode = to_pixels(image)
     x = to_tensor(pixels)
-    with torch.no_grad(), deterministic():
-        x_hat = model(pad(x))["x_hat"][..., : x.shape[-2], : x.shape[-1]].clamp(0, 1)
-    return np.asarray(from_tensor(x_hat, mode))
+    return np.asarray(from_tensor(forward_reconstruction(model, x), mode))
 
 
 def test_round_trip_of_real_photos_gives_the_models_reconstruction(capsys, checkpoint, model, tmp_path) -> None:

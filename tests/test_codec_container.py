@@ -10,18 +10,15 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from lic import codec
 from lic.checkpoint import load_checkpoint, save_checkpoint
 from lic.codec.container import MAX_PIXELS, Header, pack, unpack
-from lic.codec.core import pad
-from lic.codec.determinism import deterministic
 from lic.codec.images import from_tensor, to_tensor
 from lic.errors import BitstreamError, LicError
 from lic.models import build
-from tests.codec_support import forge
+from tests.codec_support import forge, forward_reconstruction
 from tests.data_support import SKIMAGE_DATA, bilevel_png, photo, png16
 from tests.eval_support import tiny_model
 
@@ -43,9 +40,7 @@ def rgb() -> np.ndarray:
 def reconstruction(model, pixels: np.ndarray, mode: str) -> np.ndarray:
     """What the model reconstructs, computed by the eval-mode forward pass instead of the codec."""
     x = to_tensor(pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2))
-    with torch.no_grad(), deterministic():
-        x_hat = model(pad(x))["x_hat"][..., : x.shape[-2], : x.shape[-1]].clamp(0, 1)
-    return np.asarray(from_tensor(x_hat, mode))
+    return np.asarray(from_tensor(forward_reconstruction(model, x), mode))
 
 
 def test_round_trip_gives_the_models_reconstruction(model, rgb) -> None:

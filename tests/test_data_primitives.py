@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lic.data import neighbours
 from lic.data.layout import Placement
 from lic.data.neighbours import Hashes, SearchPlan, codes, near_pairs, pair_distances
 from lic.data.sources.vimeo import frame_names
@@ -109,7 +110,8 @@ def test_the_approximate_index_finds_only_true_pairs_and_nearly_all_of_them() ->
     assert len(approximate) >= 0.9 * len(exact)
 
 
-def test_pair_distances_are_the_smallest_over_the_hash_combinations_at_256_bits() -> None:
+def test_pair_distances_are_the_smallest_over_the_hash_combinations_at_256_bits(monkeypatch) -> None:
+    monkeypatch.setattr(neighbours, "PAIRS_PER_CHUNK", 1024)  # 5,000 pairs: several chunks and a partial one
     rng = np.random.default_rng(3)
     a = Hashes(*_random_codes(rng, 300, 32, views=3))
     b = Hashes(*_random_codes(rng, 200, 32, views=3))

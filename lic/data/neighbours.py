@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 from lic.params import NeighbourSearch
 
 BITS = 64  # what the search indexes
-PAIRS_PER_CHUNK = 1 << 20  # pair_distances holds the hashes of this many pairs at once (64 MiB at 256 bits)
-_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.int32)
+PAIRS_PER_CHUNK = 1 << 18  # pair_distances compares this many pairs at once: about 8 MiB per array at 256 bits
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
 _NIBBLE = np.full(256, 255, dtype=np.uint8)
 _NIBBLE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 _NIBBLE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
@@ -119,7 +119,7 @@ def pair_distances(i: np.ndarray, j: np.ndarray, a: Hashes, b: Hashes) -> np.nda
         views = [(a.full, b.full)]
         views += [(a.full, b_zoom) for b_zoom in b.zooms] + [(a_zoom, b.full) for a_zoom in a.zooms]
         distances[start : start + len(rows)] = np.min(
-            [_POPCOUNT[x[rows] ^ y[columns]].sum(axis=1) for x, y in views], axis=0
+            [_POPCOUNT[x[rows] ^ y[columns]].sum(axis=1, dtype=np.int32) for x, y in views], axis=0
         )
     return distances
 

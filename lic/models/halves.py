@@ -2,10 +2,13 @@
 
 Coding is pinned to one thread per operation (lic.codec.determinism), because an operation split across
 threads by torch sums in an order that depends on the thread count. Splitting a convolution by output channels
-instead changes no sum: each output channel is the same reduction over the same inputs whichever half computes
-it (measured: bit-identical to the whole convolution for every convolution of LoC-LIC on this machine). The
-two halves are always computed as two calls, so the arithmetic does not depend on the machine; whether they run
-at the same time, on two threads, or one after the other is only a matter of speed. `--jobs` workers run them
+instead changes no sum in principle: each output channel is the same reduction over the same inputs whichever
+half computes it. In practice the CPU library picks its kernel by problem size, so a half can round differently
+from the whole convolution (bit-identical for every LoC-LIC convolution on an AMD EPYC; on an AVX-512 Xeon the
+1x1 entropy-parameter convolutions, 832 or 960 -> 320 channels at 192+ positions, differ by up to 3e-8). The
+halves are therefore part of the coding arithmetic: they are always computed as two calls, whether at the same
+time on two threads or one after the other, which is only a matter of speed, and a forward pass that must equal
+the decoder's output runs under `convolutions_in_halves` too. `--jobs` workers run them
 one after the other, since their siblings already use the other cores.
 """
 

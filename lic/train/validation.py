@@ -3,7 +3,8 @@
 The held-out images are the shard set's validation shards (`data/shards/validation-*.beton`), so training reads
 nothing but the shard set; they are the pixels the shards store (a JPEG sample decoded exactly).
 
-An eval-mode forward pass reconstructs exactly what the real codec decodes and its likelihoods give the rate to
+An eval-mode forward pass reconstructs what the real codec decodes (bit-exactly under the codec's arithmetic,
+lic.models.halves; here, on the training threads, to float rounding) and its likelihoods give the rate to
 within about 1% (docs/model.md), at a fraction of the cost of entropy coding. Images are padded to a multiple of
 64, as the codec needs (centred zero padding, CompressAI's convention), and the rate is over the unpadded
 pixels. Quality follows the evaluation stage's convention (lic.eval.metrics): the reconstruction rounded to 8
