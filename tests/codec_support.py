@@ -17,9 +17,7 @@ from lic.models.halves import convolutions_in_halves
 
 def forward_reconstruction(model: nn.Module, x: Tensor) -> Tensor:
     """x_hat of the eval-mode forward pass (1 x 3 x H x W in [0, 1]) in the codec's arithmetic: pinned threads and
-    convolutions in halves. Without the halves the two differ by float rounding on some machines: on an AVX-512
-    Xeon the whole 1x1 entropy-parameter convolutions (832 or 960 -> 320 channels, 192+ positions) pick another
-    kernel than their halves, 3e-8 apart."""
+    convolutions in halves (without them the two can differ by float rounding: lic.models.halves says where)."""
     with torch.no_grad(), deterministic(), convolutions_in_halves(model):
         return model(pad(x))["x_hat"][..., : x.shape[-2], : x.shape[-1]].clamp(0, 1)
 
