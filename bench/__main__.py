@@ -57,7 +57,8 @@ def main() -> None:
             print(f"running {run.__module__} ...", flush=True)
             sections.append(run())
     elapsed = time.perf_counter() - started
-    where = f"*{host['cpu']}, {host['cores']} cores, {host['torch_threads']} torch threads, {host['date']}.*"
+    cpu = f"{host['cpu']} ({host['cpu_capability']})"
+    where = f"*{cpu}, {host['cores']} cores, {host['torch_threads']} torch threads, {host['date']}.*"
     fresh = {s.title: f"\n## {s.title}\n\n{where}\n\n{s.markdown}\n" for s in sections}
     ran = f"run on {host['date']} in {elapsed / 60:.1f} minutes"
     json_path, previous = DOCS / "benchmarks.json", {}
@@ -68,7 +69,7 @@ def main() -> None:
         previous = json.loads(json_path.read_text()) if json_path.exists() else {}
     header = (
         "# Benchmarks\n\nWritten by `make bench` (code in `bench/`). "
-        f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']} with {host['torch_threads']} threads, "
+        f"Machine: {cpu}, {host['cores']} cores, torch {host['torch']} with {host['torch_threads']} threads, "
         f"Python {host['python']}; {ran}.\n"
     )
     DOCS.mkdir(exist_ok=True)

@@ -33,6 +33,7 @@ def machine() -> dict[str, Any]:
 
     return {
         "cpu": cpu,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # machines of one model name differ: AVX2, AVX512
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -43,6 +43,12 @@ HalfCoder = Callable[[Tensor | None, Tensor, Tensor], Tensor]
 # within 1% of the likelihood estimate for 2.4 MB more CDF tables in the checkpoint.
 SCALE_TABLE_SIZE = 256
 
+# While coding on two cores, LocalContext's windows are shared between the two threads of
+# lic.models.halves.side_by_side: each window's output is the same whichever windows are computed with it. The
+# lane thread also runs GlobalIntraContext (5 ms a slice at 768x512 on one thread, against LocalContext's 20), so
+# the coding thread takes this share of the windows and both finish together.
+LOCAL_SHARE_BESIDE_INTRA = 0.625
+
 
 class LoCLICConfig(BaseModel):
     """LoC-LIC's architecture: each knob once, with its type, range and default (the paper's model).
@@ -199,6 +205,19 @@ class LoCLIC(CompressionModel):
             gathered = torch.cat([c if c.dim() == 3 else at_positions(c, at) for c in contexts], dim=1)
             return net(gathered.unsqueeze(2)).squeeze(2).chunk(2, dim=1)
 
+        def local_beside(i: int, y_hat_a: Tensor, other: Callable[[], Tensor] | None) -> tuple[Tensor, Tensor | None]:
+            """LocalContext of slice i at the non-anchors, and other(), side by side: this thread computes a share
+            of the windows (half, or LOCAL_SHARE_BESIDE_INTRA beside `other`), the other thread `other` and the
+            rest of the windows."""
+            share = 0.5 if other is None else LOCAL_SHARE_BESIDE_INTRA
+            here_at, there_at = nonanchor_at.tensor_split([round(len(nonanchor_at) * share)])
+
+            def there() -> tuple[Tensor | None, Tensor]:
+                return (None if other is None else other()), self.local_context[i](y_hat_a, there_at)
+
+            here, (others, rest) = side_by_side(partial(self.local_context[i], y_hat_a, here_at), there)
+            return torch.cat([here, rest], 2), others
+
         y_slices = y.chunk(self.num_slices, dim=1) if y is not None else [None] * self.num_slices
         decoded: list[Tensor] = []
         scales_all, means_all = [], []
@@ -217,12 +236,11 @@ class LoCLIC(CompressionModel):
             y_hat_a = y_hat_a + anchors * self.lrp_anchor[i](torch.cat([hyper_means, *decoded, y_hat_a], 1))
 
             if i == 0:
-                local = self.local_context[i](y_hat_a, nonanchor_at)  # B x 64 x (non-anchor positions)
+                local, _ = local_beside(i, y_hat_a, None)  # B x 64 x (non-anchor positions)
                 nonanchor_context = [local, hyper_params]
             else:
-                local, intra = side_by_side(
-                    partial(self.local_context[i], y_hat_a, nonanchor_at),
-                    partial(self.global_intra_context[i - 1], decoded[-1], y_hat_a, anchors),
+                local, intra = local_beside(
+                    i, y_hat_a, partial(self.global_intra_context[i - 1], decoded[-1], y_hat_a, anchors)
                 )
                 nonanchor_context = [local, intra, inter, channel, hyper_params]
             scales_n, means_n = parameters(self.entropy_parameters_nonanchor[i], nonanchor_context, nonanchor_at)
