@@ -43,10 +43,11 @@ HalfCoder = Callable[[Tensor | None, Tensor, Tensor], Tensor]
 # within 1% of the likelihood estimate for 2.4 MB more CDF tables in the checkpoint.
 SCALE_TABLE_SIZE = 256
 
-# While coding on two cores, LocalContext's windows are shared between the two threads of
-# lic.models.halves.side_by_side: each window's output is the same whichever windows are computed with it. The
-# lane thread also runs GlobalIntraContext (5 ms a slice at 768x512 on one thread, against LocalContext's 20), so
-# the coding thread takes this share of the windows and both finish together.
+# LocalContext's windows are computed in two shares, always (so the arithmetic is the same on one core and in
+# training), which lic.models.halves.side_by_side runs on the two threads while coding on two cores: each window's
+# output is the same whichever windows are computed with it. The lane thread also runs GlobalIntraContext (5 ms a
+# slice at 768x512 on one thread, against LocalContext's 20), so the coding thread takes this share of the windows
+# and both finish together.
 LOCAL_SHARE_BESIDE_INTRA = 0.625
 
 
