@@ -7,8 +7,11 @@ version): the golden test exists to catch every other such change. It writes, ne
   `lic.codec.decode` gives back;
 - `weights.sha256`: the digest of the golden model's parameters, so a change of the model itself is told apart
   from a change of the codec;
-- `machine.json`: the torch build and CPU capability it was recorded with. Float arithmetic is the same only on
-  the same kind of CPU and torch build (lic.codec.determinism), so the test compares where those match.
+- `machine.json`: the torch build, CPU vendor and CPU capability it was recorded with. Float arithmetic is the
+  same only on the same kind of CPU and torch build (lic.codec.determinism), so the test compares where those
+  match. The vendor counts: MKL chooses its matrix-multiply code path by it (on the AMD EPYC the stream was
+  recorded on, `MKL_VERBOSE` names the generic "Intel(R) Architecture processors" path; an Intel CPU gets the
+  path of the extensions it has).
 
 The golden model is the real LoC-LIC architecture at its smallest (N = 8, 8, 16; M = 40; 2 slices). Its context
 and parameter networks keep the official fixed widths (224, 192, 128), so even this model has 3.4 M parameters,
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +69,21 @@ def parameters_digest(model: CompressionModel) -> str:
 
 
 def machine() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "torch": torch.__version__,
+        "cpu_vendor": cpu_vendor(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor as Linux names it (AuthenticAMD, GenuineIntel), or the architecture elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def main() -> None:
