@@ -22,17 +22,20 @@ class Section:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown CPU"
+def cpuinfo(key: str) -> str | None:
+    """The first value of `key` in Linux's /proc/cpuinfo ("model name", "vendor_id"); None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith(key))
     except (OSError, StopIteration):
-        pass
+        return None
+
+
+def machine() -> dict[str, Any]:
     import os
 
     return {
-        "cpu": cpu,
+        "cpu": cpuinfo("model name") or platform.processor() or "unknown CPU",
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # machines of one model name differ: AVX2, AVX512
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

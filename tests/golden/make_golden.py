@@ -33,6 +33,7 @@ from compressai.models import CompressionModel
 from PIL import Image
 from skimage import data
 
+from bench.common import cpuinfo
 from lic import codec
 from lic.models import build
 
@@ -78,12 +79,7 @@ def machine() -> dict[str, str]:
 
 def cpu_vendor() -> str:
     """The CPU's vendor as Linux names it (AuthenticAMD, GenuineIntel), or the architecture elsewhere."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
+    return cpuinfo("vendor_id") or platform.machine()
 
 
 def main() -> None:
